@@ -1,0 +1,103 @@
+"""Learned sampler parameters: the small pytree LSD / LSD+ / tuning optimise, and its file.
+
+phi    [M]  per-step score coefficient (1 = the plain sampler).
+logits [M]  LSD+ time grid: t = grids.from_logits(logits, eps), monotone in (eps, 1]
+            for any finite logits; zeros give the uniform grid.
+The file is a small JSON document that `lsd-jax sample --sampler-params FILE` and
+`lsd_jax.sample(...)` (via `.grid()` and `.phi`) accept, whatever method made it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import flax.struct
+import jax.numpy as jnp
+import numpy as np
+
+from lsd_jax import grids
+from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
+
+FORMAT = "lsd-jax-sampler-params/1"
+
+
+@flax.struct.dataclass
+class SamplerParams:
+    phi: jnp.ndarray  # [M]
+    logits: jnp.ndarray  # [M]
+    eps: float = flax.struct.field(pytree_node=False, default=1e-4)
+    sampler: str = flax.struct.field(pytree_node=False, default="euler")
+    reading: str = flax.struct.field(pytree_node=False, default="linear")
+
+    @property
+    def nfe(self) -> int:
+        return int(self.phi.shape[0])
+
+    def grid(self) -> jnp.ndarray:
+        """Time grid [M + 1] from t_0 = 1 to t_M = eps."""
+        return grids.from_logits(self.logits, self.eps)
+
+    def describe(self) -> dict:
+        return {
+            "nfe": self.nfe,
+            "sampler": self.sampler,
+            "reading": self.reading,
+            "eps": self.eps,
+            "phi": np.asarray(self.phi, np.float64).tolist(),
+            "grid": np.asarray(self.grid(), np.float64).tolist(),
+        }
+
+
+def init(nfe: int, eps: float = 1e-4, sampler: str = "euler", reading: str = "linear", grid=None) -> SamplerParams:
+    """phi = 1 and the uniform grid (or `grid` [M + 1]): the plain M-step sampler."""
+    check_choice("sampler", sampler, SAMPLERS)
+    check_choice("reading", reading, READINGS)
+    if grid is None:
+        logits = jnp.zeros((nfe,))
+    else:
+        g = grids.validate(grid, eps)
+        if g.shape[0] != nfe + 1:
+            raise ValueError(f"grid has {g.shape[0]} times but nfe = {nfe} needs {nfe + 1}")
+        logits = grids.to_logits(g, eps)
+    return SamplerParams(jnp.ones((nfe,)), logits, eps=float(eps), sampler=sampler, reading=reading)
+
+
+def save(params: SamplerParams, path: str, meta: Optional[dict] = None) -> None:
+    """Writes the JSON file (phi, logits, and the grid they give, for reading by eye)."""
+    doc = {"format": FORMAT, **params.describe(), "logits": np.asarray(params.logits, np.float64).tolist()}
+    if meta:
+        doc["meta"] = meta
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load(path: str) -> SamplerParams:
+    """Reads a sampler-params file; errors name the missing or bad field."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "sampler_params.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"sampler params file not found: {path}")
+    with open(path) as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not JSON: {e}") from None
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: field 'format' must be {FORMAT!r}, got {doc.get('format')!r}")
+    for key in ("phi", "logits", "eps", "sampler", "reading"):
+        if key not in doc:
+            raise ValueError(f"{path}: missing field {key!r}")
+    phi, logits = np.asarray(doc["phi"], np.float64), np.asarray(doc["logits"], np.float64)
+    if phi.ndim != 1 or phi.shape != logits.shape:
+        raise ValueError(f"{path}: 'phi' and 'logits' must be 1-D of equal length, got {phi.shape}, {logits.shape}")
+    if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(logits))):
+        raise ValueError(f"{path}: 'phi' and 'logits' must be finite")
+    check_choice(f"{path}: sampler", doc["sampler"], SAMPLERS)
+    check_choice(f"{path}: reading", doc["reading"], READINGS)
+    return SamplerParams(jnp.asarray(phi), jnp.asarray(logits), eps=float(doc["eps"]), sampler=doc["sampler"],
+                         reading=doc["reading"])

@@ -1,0 +1,1 @@
+"""Checkpoint converters: SEDD-family PyTorch checkpoints (Hugging Face layout) -> Flax."""
