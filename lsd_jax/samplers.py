@@ -124,9 +124,16 @@ class Samples(NamedTuple):
     path: Optional[Array] = None  # [M + 1, B, L] states at t_0..t_M when asked
 
 
+def as_pytree_fn(score_fn: ScoreFn) -> jax.tree_util.Partial:
+    """Wraps a score function as a pytree (`jax.tree_util.Partial`) so it can be a traced
+    argument of jit: network params inside it stay arguments, not baked-in constants, and
+    the jit cache is keyed on the function (a plain closure: compile once per closure)."""
+    return score_fn if isinstance(score_fn, jax.tree_util.Partial) else jax.tree_util.Partial(score_fn)
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("score_fn", "graph", "noise", "sampler", "reading", "denoise", "draw_dtype", "return_path"),
+    static_argnames=("graph", "noise", "sampler", "reading", "denoise", "draw_dtype", "return_path"),
 )
 def _run(score_fn, graph, noise, grid, phi, key, x, *, sampler, reading, denoise, draw_dtype, return_path):
     bsz = x.shape[0]
@@ -196,7 +203,7 @@ def sample(
         raise ValueError(f"x_init must have shape [batch_size, length] = {[batch_size, length]}, got {x_init.shape}")
     fdt = jnp.float64 if x64_enabled() else jnp.float32
     tokens, path = _run(
-        score_fn, graph, noise, jnp.asarray(g, fdt), phi.astype(fdt), k_run, jnp.asarray(x_init, jnp.int32),
+        as_pytree_fn(score_fn), graph, noise, jnp.asarray(g, fdt), phi.astype(fdt), k_run, jnp.asarray(x_init, jnp.int32),
         sampler=sampler, reading=reading, denoise=denoise, draw_dtype=draw_dtype, return_path=return_path,
     )
     return Samples(tokens, m, m + int(denoise), path)
