@@ -1,4 +1,4 @@
-"""`lsd-jax` command line: sample (more subcommands register below)."""
+"""`lsd-jax` command line: sample, distill, tune, convert."""
 
 from __future__ import annotations
 
@@ -122,6 +122,147 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def plot_sampler_params(path: str, params, title: str, baseline_grid=None) -> None:
+    """Two panels: phi per step, and the time grid against the uniform grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from lsd_jax import grids
+
+    phi, grid = np.asarray(params.phi), np.asarray(params.grid())
+    m = phi.shape[0]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(np.arange(m), phi, "o-", label="learned phi")
+    a.axhline(1.0, color="gray", ls="--", label="phi = 1 (plain sampler)")
+    a.set_xlabel("step k")
+    a.set_ylabel("phi_k")
+    a.legend()
+    b.plot(np.arange(m + 1), np.asarray(grids.uniform(m, params.eps)), "s--", color="gray", label="uniform")
+    if baseline_grid is not None:
+        b.plot(np.arange(m + 1), np.asarray(baseline_grid), "^:", label="best fixed grid")
+    b.plot(np.arange(m + 1), grid, "o-", label="learned")
+    b.set_xlabel("grid index k")
+    b.set_ylabel("t_k")
+    b.legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _compare(teacher, rows: dict, args) -> dict:
+    """Held-out evaluation of named (grid, phi, reading) samplers; prints a table."""
+    from lsd_jax.evaluate import HELD_OUT_SEED0, evaluate_sampler
+
+    seeds = [HELD_OUT_SEED0 + i for i in range(args.eval_seeds)]
+    results = {}
+    keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else ("unigram_entropy",)
+    print(f"held-out evaluation: {args.eval_seeds} seeds x {args.eval_samples} samples")
+    print("  " + f"{'sampler':<28}" + "".join(f"{k:>22}" for k in keys))
+    for name, (grid, phi, reading) in rows.items():
+        r = evaluate_sampler(teacher, grid, sampler=args.sampler, phi=phi, reading=reading, seeds=seeds,
+                             num_samples=args.eval_samples, x64=args.x64)
+        results[name] = {k: v for k, v in r.items() if k != "per_seed"}
+        print("  " + f"{name:<28}" + "".join(f"{r[k]:>14.4f} +- {r[k + '_std']:<5.3f}" for k in keys))
+    if teacher.exact:
+        print(f"  data entropy rate {teacher.chain.entropy_rate():.4f}, "
+              f"data unigram entropy {teacher.chain.unigram_entropy():.4f}")
+    return results
+
+
+def cmd_distill(args) -> int:
+    import jax
+
+    from lsd_jax import distill, grids
+    from lsd_jax import sampler_params as sp_lib
+
+    cfg = distill.DistillConfig(
+        method=args.method, sampler=args.sampler, nfe=args.nfe, teacher_nfe=args.teacher_nfe, reading=args.reading,
+        loss=args.loss, zeta=args.zeta, epochs=args.epochs, samples=args.samples,
+        batch_size=min(args.batch_size, args.samples), lr=args.lr, eps=args.eps, alternate=args.alternate,
+        select=args.select, seed=args.seed, x64=args.x64,
+    ).validate()
+    out = args.out
+    if os.path.isdir(out) and os.listdir(out) and not args.resume:
+        raise ValueError(f"--out {out} exists and is not empty: pass --resume to continue it, or choose a new --out")
+    os.makedirs(out, exist_ok=True)
+    teacher = load_teacher(args)
+    print(f"teacher {teacher.name} ({teacher.graph.name}, {teacher.noise.name}); student {cfg.method} "
+          f"{cfg.sampler} M={cfg.nfe} from N={cfg.teacher_nfe}; loss {cfg.loss}, reading {cfg.reading}, "
+          f"zeta {cfg.zeta}; {jax.devices()[0].platform}")
+    t0 = time.perf_counter()
+    params, history = distill.fit(teacher, cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
+    fit_seconds = time.perf_counter() - t0
+    meta = {"method": cfg.method, "teacher": teacher.describe(), "config": cfg.to_dict()}
+    sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
+    with open(os.path.join(out, "history.json"), "w") as f:
+        json.dump(history, f, indent=1)
+    plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
+                        f"{cfg.method} ({cfg.loss}, {cfg.reading}) M={cfg.nfe} on {teacher.name}")
+    result = {"config": cfg.to_dict(), "teacher": teacher.describe(), "fit_seconds": fit_seconds,
+              "final_loss": history[-1]["loss"] if history else None,
+              "selected_epoch": _selected_epoch(history),
+              "phi": [float(v) for v in params.phi], "grid": [float(v) for v in params.grid()]}
+    if args.eval_seeds > 0:
+        uniform = grids.uniform(cfg.nfe, cfg.eps)
+        result["evaluation"] = _compare(teacher, {
+            f"{cfg.sampler} uniform (phi = 1)": (uniform, None, "linear"),
+            f"{cfg.method} learned": (params.grid(), params.phi, cfg.reading),
+        }, args)
+    _write_json(os.path.join(out, "result.json"), result)
+    print(f"wrote {out}/sampler_params.json, history.json, sampler_params.png, result.json "
+          f"(fit {fit_seconds:.1f} s); phi in [{float(params.phi.min()):.4f}, {float(params.phi.max()):.4f}]")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from ports.cli import convert_main
+
+    return convert_main([args.src, args.dst, "--dtype", args.dtype])
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a SEDD / MDLM / RADD checkpoint (HF layout) to a Flax directory")
+    p.add_argument("src", metavar="SRC", help="HF-layout checkpoint directory or Hugging Face repo id")
+    p.add_argument("dst", metavar="DST", help="new (or empty) output directory")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.set_defaults(func=cmd_convert)
+
+
+def _selected_epoch(history: list):
+    vals = [(h["val_divergence"], h["epoch"]) for h in history if h.get("val_divergence") is not None]
+    return min(vals)[1] if vals else (history[-1]["epoch"] if history else None)
+
+
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="LSD / LSD+: learn phi (and the grid) of an M-step student")
+    _add_teacher_args(p)
+    _add_sampler_args(p)
+    p.add_argument("--method", choices=["lsd", "lsd+"], default="lsd")
+    p.add_argument("--nfe", type=int, default=8, help="student steps M")
+    p.add_argument("--teacher-nfe", type=int, default=1024, help="teacher steps N")
+    p.add_argument("--reading", choices=["linear", "temperature"], default="linear")
+    p.add_argument("--loss", choices=["kl", "l2", "token-kl"], default="kl")
+    p.add_argument("--zeta", type=float, default=0.05, help="relaxed start radius, fraction of L")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--samples", type=int, default=64, help="training trajectories")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--alternate", action="store_true", help="lsd+: alternate phi and grid updates by epoch")
+    p.add_argument("--select", choices=["auto", "exact", "ngram", "none"], default="auto",
+                   help="return the best epoch on this sample-level divergence (auto: exact on the markov "
+                        "teacher, else n-gram vs teacher samples; none: the last epoch)")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, params, history, plot)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--eval-seeds", type=int, default=3, help="held-out seeds for the final comparison (0: skip)")
+    p.add_argument("--eval-samples", type=int, default=1024)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_distill)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lsd-jax", description="Learnable sampler distillation in JAX")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -144,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Other modules register subcommands here: name -> function(subparsers).
-_EXTRA: dict[str, Callable] = {}
+_EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert}
 
 
 def main(argv=None) -> int:
@@ -156,7 +297,7 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"lsd-jax {args.cmd}: error: {msg}", file=sys.stderr)
         return 2

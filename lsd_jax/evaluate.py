@@ -1,0 +1,42 @@
+"""Sampler evaluation over held-out seeds: mean and spread of the teacher's metrics."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from lsd_jax import samplers
+
+HELD_OUT_SEED0 = 10_000  # evaluation seeds start here, away from training / tuning seeds
+
+
+def run_sampler(teacher, grid, *, sampler: str = "euler", phi=None, reading: str = "linear", seed: int = 0,
+                num_samples: int = 1024, x64: bool = False) -> np.ndarray:
+    """Samples [num_samples, L] from `teacher` with the given grid [M + 1] and phi [M]."""
+    out = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(seed),
+                          num_samples, teacher.length, sampler=sampler, phi=phi, reading=reading, x64=x64)
+    return np.asarray(out.tokens)
+
+
+def evaluate_sampler(teacher, grid, *, sampler: str = "euler", phi=None, reading: str = "linear",
+                     seeds: Sequence[int] = (HELD_OUT_SEED0, HELD_OUT_SEED0 + 1, HELD_OUT_SEED0 + 2),
+                     num_samples: int = 1024, x64: bool = False) -> dict:
+    """Metrics per seed, and their mean and standard deviation across seeds."""
+    per_seed = [teacher.metrics(run_sampler(teacher, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
+                                            num_samples=num_samples, x64=x64)) for s in seeds]
+    keys = per_seed[0].keys()
+    out = {"seeds": list(seeds), "num_samples": num_samples, "per_seed": per_seed}
+    for k in keys:
+        vals = np.asarray([m[k] for m in per_seed], np.float64)
+        out[k] = float(vals.mean())
+        out[k + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    return out
+
+
+def gap_closed(value: float, base: float, ceiling: float) -> Optional[float]:
+    """Share of the base -> ceiling gap closed by `value` (1 = as good as the ceiling)."""
+    if base == ceiling:
+        return None
+    return (base - value) / (base - ceiling)

@@ -1,0 +1,133 @@
+"""Gradient-free tuning of an M-step sampler's time grid (optionally phi) on a divergence
+measured on its samples, and the best fixed grid of simple families.
+
+Candidates are compared under common random numbers: every candidate is sampled with
+the same seeds (`crn_seeds`), so differences between candidates are not sampling noise.
+The optimiser is CMA-ES (the `cmaes` package) over the LSD+ grid logits (and log phi).
+Held-out evaluation (other seeds) is the caller's job: `lsd_jax.evaluate`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from lsd_jax import grids
+from lsd_jax import sampler_params as sp_lib
+from lsd_jax.evaluate import run_sampler
+
+FIXED_FAMILIES = (("uniform", None), ("cosine", None), ("loglinear", None), ("power", 0.5), ("power", 0.75),
+                  ("power", 1.25), ("power", 1.5), ("power", 2.0), ("power", 3.0))
+
+
+def exact_divergence(teacher) -> Callable[[np.ndarray], float]:
+    """Bigram KL of samples against the exact chain (synthetic teachers only)."""
+    if not teacher.exact:
+        raise ValueError("divergence 'exact' needs an exact teacher (--teacher markov)")
+    return lambda tokens: teacher.metrics(tokens)["bigram_kl"]
+
+
+def _score(teacher, grid, phi, divergence, *, sampler, reading, crn_seeds, num_samples, x64,
+           entropy_ref, entropy_band) -> tuple[float, dict]:
+    vals, ents = [], []
+    for s in crn_seeds:
+        tok = run_sampler(teacher, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
+                          num_samples=num_samples, x64=x64)
+        vals.append(divergence(tok))
+        ents.append(_unigram_entropy(tok, teacher.graph.dim))
+    value, ent = float(np.mean(vals)), float(np.mean(ents))
+    rejected = entropy_ref is not None and abs(ent - entropy_ref) > entropy_band * entropy_ref
+    return value, {"divergence": value, "unigram_entropy": ent, "rejected": bool(rejected)}
+
+
+def _unigram_entropy(tokens, dim) -> float:
+    from lsd_jax.teachers.markov import unigram_entropy
+
+    return unigram_entropy(tokens, dim)
+
+
+def best_fixed_grid(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", eps: float = 1e-4,
+                    crn_seeds: Sequence[int] = (0, 1), num_samples: int = 1024, x64: bool = False,
+                    families=FIXED_FAMILIES) -> tuple[np.ndarray, list]:
+    """Scores each fixed grid family on the tuning seeds; returns (best grid, table)."""
+    table = []
+    for name, p in families:
+        g = grids.get_grid(name, nfe, eps, p=p or 2.0, noise=teacher.noise)
+        value, info = _score(teacher, g, None, divergence, sampler=sampler, reading="linear", crn_seeds=crn_seeds,
+                             num_samples=num_samples, x64=x64, entropy_ref=None, entropy_band=0.0)
+        table.append({"grid": name if p is None else f"power-{p}", "grid_values": np.asarray(g).tolist(), **info})
+    best = min(table, key=lambda r: r["divergence"])
+    return np.asarray(best["grid_values"]), table
+
+
+def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", eps: float = 1e-4,
+           budget: int = 200, tune_phi: bool = False, reading: str = "linear", crn_seeds: Sequence[int] = (0, 1),
+           num_samples: int = 1024, x64: bool = False, seed: int = 0, sigma0: float = 0.5,
+           entropy_ref: Optional[float] = None, entropy_band: float = 0.01, logit_bound: float = 3.0,
+           progress: bool = True) -> tuple[sp_lib.SamplerParams, list]:
+    """CMA-ES over grid logits [M] (and log phi [M]) minimising `divergence(samples)`.
+
+    Candidates whose unigram entropy leaves entropy_ref * (1 +- entropy_band) are
+    rejected (scored +inf) when entropy_ref is given. Returns the best accepted
+    candidate (the uniform grid if none beats it) and the history of evaluations.
+    """
+    from cmaes import CMA
+
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1 evaluation, got {budget}")
+    dim = nfe * (2 if tune_phi else 1)
+    bounds = np.array([[-logit_bound, logit_bound]] * nfe + [[np.log(0.05), np.log(20.0)]] * (dim - nfe))
+    opt = CMA(mean=np.zeros(dim), sigma=sigma0, bounds=bounds, seed=seed, population_size=max(6, 4 + int(3 * np.log(dim))))
+
+    def decode(z):
+        logits = jnp.asarray(z[:nfe])
+        phi = jnp.exp(jnp.asarray(z[nfe:])) if tune_phi else jnp.ones((nfe,))
+        return logits, phi
+
+    def evaluate(z):
+        logits, phi = decode(z)
+        value, info = _score(teacher, grids.from_logits(logits, eps), phi, divergence, sampler=sampler,
+                             reading=reading, crn_seeds=crn_seeds, num_samples=num_samples, x64=x64,
+                             entropy_ref=entropy_ref, entropy_band=entropy_band)
+        return (np.inf if info["rejected"] else value), info
+
+    history = []
+    t0 = time.perf_counter()
+    base_value, base_info = evaluate(np.zeros(dim))
+    history.append({"eval": 0, "z": [0.0] * dim, **base_info})
+    best_z, best_value = np.zeros(dim), base_value
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=budget, desc=f"tune M={nfe}", unit="eval")
+        bar.update(1)
+    n = 1
+    while n < budget:
+        sols = []
+        for _ in range(opt.population_size):
+            if n >= budget:
+                break
+            z = opt.ask()
+            value, info = evaluate(z)
+            n += 1
+            history.append({"eval": n - 1, "z": z.tolist(), **info})
+            if value < best_value:
+                best_z, best_value = z.copy(), value
+            sols.append((z, value if np.isfinite(value) else 1e9))
+            if bar is not None:
+                bar.set_postfix(best=f"{best_value:.4g}")
+                bar.update(1)
+        if len(sols) == opt.population_size:
+            opt.tell(sols)
+    if bar is not None:
+        bar.close()
+    logits, phi = decode(best_z)
+    params = sp_lib.init(nfe, eps, sampler, reading)
+    params = params.replace(logits=logits.astype(params.logits.dtype), phi=phi.astype(params.phi.dtype))
+    history.append({"summary": True, "best_divergence": float(best_value), "uniform_divergence": float(base_value),
+                    "seconds": time.perf_counter() - t0})
+    return params, history
