@@ -1,0 +1,18 @@
+"""Evaluation of text samples: gen-PPL under a causal LM (torch, imported on use) and
+unigram entropy in the sampler's own ids (numpy).
+
+Report every gen-PPL with both conventions, the evaluator's name and context length,
+and the samples' unigram entropy beside it.
+"""
+
+from lsd_jax.eval.genppl import CausalLMEvaluator, GenPPLResult, gen_ppl, load_evaluator, score_windows
+from lsd_jax.eval.text_metrics import unigram_entropy
+
+__all__ = [
+    "CausalLMEvaluator",
+    "GenPPLResult",
+    "gen_ppl",
+    "load_evaluator",
+    "score_windows",
+    "unigram_entropy",
+]
