@@ -232,6 +232,83 @@ def _add_convert(sub) -> None:
     p.set_defaults(func=cmd_convert)
 
 
+def cmd_tune(args) -> int:
+    from lsd_jax import grids, tune
+    from lsd_jax import sampler_params as sp_lib
+    from lsd_jax.divergences import ngram_divergence
+    from lsd_jax.evaluate import run_sampler
+    from lsd_jax.teachers.markov import unigram_entropy
+
+    if args.nfe < 1 or args.budget < 1 or args.samples < 1 or args.crn_seeds < 1:
+        raise ValueError("--nfe, --budget, --samples and --crn-seeds must be >= 1")
+    if not 0.0 <= args.entropy_band < 1.0:
+        raise ValueError(f"--entropy-band must be in [0, 1), got {args.entropy_band}")
+    out = args.out
+    if os.path.isdir(out) and os.listdir(out):
+        raise ValueError(f"--out {out} exists and is not empty: choose a new directory")
+    teacher = load_teacher(args)
+    # reference: the teacher's own many-step samples (the ngram target and the entropy guard)
+    ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, args.eps), sampler=args.sampler, seed=1,
+                      num_samples=args.samples, x64=args.x64)
+    ref_entropy = unigram_entropy(ref, teacher.graph.dim)
+    if args.divergence == "exact":
+        divergence = tune.exact_divergence(teacher)
+    else:
+        divergence = lambda tok: ngram_divergence(tok, ref, teacher.graph.num_tokens)
+    print(f"tuning {args.sampler} M={args.nfe} on {teacher.name} by {args.divergence}; entropy guard "
+          f"{ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; budget {args.budget} evaluations")
+    t0 = time.perf_counter()
+    params, history = tune.search(
+        teacher, args.nfe, divergence, sampler=args.sampler, eps=args.eps, budget=args.budget,
+        tune_phi=args.tune_phi, crn_seeds=tuple(range(args.crn_seeds)), num_samples=args.samples, x64=args.x64,
+        seed=args.seed, entropy_ref=ref_entropy if args.entropy_band > 0 else None,
+        entropy_band=args.entropy_band, progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - t0
+    os.makedirs(out, exist_ok=True)
+    meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget}
+    sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
+    _write_json(os.path.join(out, "history.json"), {"evaluations": history, "seconds": seconds})
+    plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
+                        f"tuned ({args.divergence}) {args.sampler} M={args.nfe} on {teacher.name}")
+    summary = history[-1]
+    result = {"divergence": args.divergence, "best": summary["best_divergence"],
+              "uniform": summary["uniform_divergence"], "seconds": seconds,
+              "grid": [float(v) for v in params.grid()], "phi": [float(v) for v in params.phi]}
+    if args.eval_seeds > 0:
+        uniform = grids.uniform(args.nfe, args.eps)
+        result["evaluation"] = _compare(teacher, {
+            f"{args.sampler} uniform": (uniform, None, "linear"),
+            "tuned": (params.grid(), params.phi, "linear"),
+        }, args)
+    _write_json(os.path.join(out, "result.json"), result)
+    print(f"{args.divergence}: uniform {result['uniform']:.4g} -> tuned {result['best']:.4g} "
+          f"(tuning seeds) in {seconds:.1f} s; wrote {out}/sampler_params.json, history.json, sampler_params.png")
+    return 0
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="tune the time grid (and phi) of an M-step sampler on a sample divergence")
+    _add_teacher_args(p)
+    _add_sampler_args(p)
+    p.add_argument("--nfe", type=int, default=8, help="sampler steps M")
+    p.add_argument("--divergence", choices=["exact", "ngram"], default="ngram",
+                   help="exact: bigram KL vs the true chain (markov teacher only); ngram: symmetric unigram + "
+                        "bigram KL vs the teacher's many-step samples (any model)")
+    p.add_argument("--budget", type=int, default=150, help="CMA-ES evaluations")
+    p.add_argument("--tune-phi", action="store_true", help="also tune phi (log-scale, bounded)")
+    p.add_argument("--teacher-nfe", type=int, default=1024, help="steps of the reference teacher samples")
+    p.add_argument("--samples", type=int, default=1024, help="samples per candidate and seed")
+    p.add_argument("--crn-seeds", type=int, default=2, help="common-random-number seeds per candidate")
+    p.add_argument("--entropy-band", type=float, default=0.01,
+                   help="reject candidates whose unigram entropy leaves the teacher's by more than this fraction")
+    p.add_argument("--out", required=True)
+    p.add_argument("--eval-seeds", type=int, default=3, help="held-out seeds for the final comparison (0: skip)")
+    p.add_argument("--eval-samples", type=int, default=1024)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_tune)
+
+
 def _selected_epoch(history: list):
     vals = [(h["val_divergence"], h["epoch"]) for h in history if h.get("val_divergence") is not None]
     return min(vals)[1] if vals else (history[-1]["epoch"] if history else None)
@@ -285,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Other modules register subcommands here: name -> function(subparsers).
-_EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert}
+_EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert, "tune": _add_tune}
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,7 @@ def exact_divergence(teacher) -> Callable[[np.ndarray], float]:
 
 
 def _score(teacher, grid, phi, divergence, *, sampler, reading, crn_seeds, num_samples, x64,
-           entropy_ref, entropy_band) -> tuple[float, dict]:
+           entropy_ref, entropy_band, entropy_base=None) -> tuple[float, dict]:
     vals, ents = [], []
     for s in crn_seeds:
         tok = run_sampler(teacher, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
@@ -39,8 +39,21 @@ def _score(teacher, grid, phi, divergence, *, sampler, reading, crn_seeds, num_s
         vals.append(divergence(tok))
         ents.append(_unigram_entropy(tok, teacher.graph.dim))
     value, ent = float(np.mean(vals)), float(np.mean(ents))
-    rejected = entropy_ref is not None and abs(ent - entropy_ref) > entropy_band * entropy_ref
-    return value, {"divergence": value, "unigram_entropy": ent, "rejected": bool(rejected)}
+    lo, hi = entropy_window(entropy_ref, entropy_band, entropy_base)
+    outside = max(lo - ent, ent - hi, 0.0)
+    return value, {"divergence": value, "unigram_entropy": ent, "rejected": bool(outside > 0), "outside": outside}
+
+
+def entropy_window(ref: Optional[float], band: float, base: Optional[float] = None) -> tuple[float, float]:
+    """Accepted unigram entropies: never sharper than the teacher's by more than `band`
+    (the sharpening that gen-PPL-style metrics reward), never noisier than both the band
+    and the plain sampler (`base`). No reference: everything is accepted."""
+    if ref is None:
+        return -np.inf, np.inf
+    hi = ref * (1.0 + band)
+    if base is not None:
+        hi = max(hi, base)
+    return ref * (1.0 - band), hi
 
 
 def _unigram_entropy(tokens, dim) -> float:
@@ -70,8 +83,7 @@ def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", e
            progress: bool = True) -> tuple[sp_lib.SamplerParams, list]:
     """CMA-ES over grid logits [M] (and log phi [M]) minimising `divergence(samples)`.
 
-    Candidates whose unigram entropy leaves entropy_ref * (1 +- entropy_band) are
-    rejected (scored +inf) when entropy_ref is given. Returns the best accepted
+    With entropy_ref, candidates outside `entropy_window` are rejected. Returns the best accepted
     candidate (the uniform grid if none beats it) and the history of evaluations.
     """
     from cmaes import CMA
@@ -87,16 +99,21 @@ def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", e
         phi = jnp.exp(jnp.asarray(z[nfe:])) if tune_phi else jnp.ones((nfe,))
         return logits, phi
 
+    base_entropy = None
+
     def evaluate(z):
         logits, phi = decode(z)
         value, info = _score(teacher, grids.from_logits(logits, eps), phi, divergence, sampler=sampler,
                              reading=reading, crn_seeds=crn_seeds, num_samples=num_samples, x64=x64,
-                             entropy_ref=entropy_ref, entropy_band=entropy_band)
+                             entropy_ref=entropy_ref, entropy_band=entropy_band, entropy_base=base_entropy)
         return (np.inf if info["rejected"] else value), info
 
     history = []
     t0 = time.perf_counter()
     base_value, base_info = evaluate(np.zeros(dim))
+    base_entropy = base_info["unigram_entropy"]
+    if base_info["rejected"]:  # only when the plain sampler is sharper than the teacher
+        base_value = base_info["divergence"]
     history.append({"eval": 0, "z": [0.0] * dim, **base_info})
     best_z, best_value = np.zeros(dim), base_value
     bar = None
@@ -117,7 +134,8 @@ def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", e
             history.append({"eval": n - 1, "z": z.tolist(), **info})
             if value < best_value:
                 best_z, best_value = z.copy(), value
-            sols.append((z, value if np.isfinite(value) else 1e9))
+            # rejected: a large finite value that still orders by how far outside the window
+            sols.append((z, value if np.isfinite(value) else 1e6 * (1.0 + info["outside"])))
             if bar is not None:
                 bar.set_postfix(best=f"{best_value:.4g}")
                 bar.update(1)

@@ -56,6 +56,12 @@ def markov_teacher(
     g = graphs_lib.get_graph(graph, vocab)
     n = noise_lib.get_noise(noise or DEFAULT_NOISE[g.name])
     chain = markov.make_chain(vocab, length, seed=seed)
+    return Teacher(chain.score_fn(g), g, n, length, f"markov-v{vocab}-l{length}-s{seed}", chain,
+                   letter_decoder(vocab))
+
+
+def letter_decoder(vocab: int) -> Callable:
+    """Token ids -> letters a, b, c, ... ('_' for the mask); numbers past 36 tokens."""
     letters = "abcdefghijklmnopqrstuvwxyz0123456789"
 
     def decode(tokens) -> str:
@@ -63,4 +69,4 @@ def markov_teacher(
             return " ".join(str(int(t)) for t in np.asarray(tokens))
         return "".join(letters[int(t)] if 0 <= int(t) < vocab else "_" for t in np.asarray(tokens))
 
-    return Teacher(chain.score_fn(g), g, n, length, f"markov-v{vocab}-l{length}-s{seed}", chain, decode)
+    return decode

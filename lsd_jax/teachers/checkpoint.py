@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
 import numpy as np
 
-from lsd_jax.teachers import Teacher
+from lsd_jax.teachers import Teacher, letter_decoder
+from lsd_jax.teachers.markov import MarkovChain
 
 GPT2_TOKENS = 50257
+CHAIN_FILE = "chain.json"  # written by train-teacher for networks trained on a Markov chain
 
 
 def _gpt2_decoder():
@@ -33,4 +36,14 @@ def load_teacher(path: str, dtype=None) -> Teacher:
     graph, noise = sedd.build_core(cfg)
     decode = _gpt2_decoder() if cfg.num_tokens == GPT2_TOKENS else None
     name = f"{cfg.family}-{cfg.graph}:{os.path.basename(os.path.normpath(path))}"
-    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, None, decode)
+    chain = None
+    chain_file = os.path.join(path, CHAIN_FILE)
+    if os.path.exists(chain_file):  # a network trained on the synthetic chain: exact metrics apply
+        with open(chain_file) as f:
+            chain = MarkovChain.from_dict(json.load(f))
+        if chain.num_tokens != graph.num_tokens or chain.length != cfg.length:
+            raise ValueError(f"{chain_file}: chain V={chain.num_tokens}, L={chain.length} does not match the "
+                             f"checkpoint's V={graph.num_tokens}, L={cfg.length}")
+        decode = letter_decoder(chain.num_tokens)
+    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, chain, decode)
+
