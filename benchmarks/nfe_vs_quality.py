@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         if args.tune_budget > 0:
             t0 = time.perf_counter()
             params, hist = tune.search(teacher, m, divergence, sampler=args.sampler, eps=args.eps,
-                                       budget=args.tune_budget, progress=False)
+                                       budget=args.tune_budget, init_grid=best_grid, progress=False)
             add(f"tuned grid ({div_name})", m, ev(params.grid(), sampler=args.sampler),
                 {"seconds": time.perf_counter() - t0, "grid": np.asarray(params.grid()).tolist()})
         for v in variants:

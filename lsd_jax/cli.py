@@ -173,6 +173,16 @@ def _compare(teacher, rows: dict, args) -> dict:
     return results
 
 
+def _against_plain(teacher, args, params, name: str, plain_name: str) -> dict:
+    """Held-out comparison of learned sampler params with the plain sampler on the uniform grid."""
+    from lsd_jax import grids
+
+    return _compare(teacher, {
+        plain_name: (grids.uniform(params.nfe, params.eps), None, "linear"),
+        name: (params.grid(), params.phi, params.reading),
+    }, args)
+
+
 def cmd_distill(args) -> int:
     import jax
 
@@ -207,11 +217,8 @@ def cmd_distill(args) -> int:
               "selected_epoch": _selected_epoch(history),
               "phi": [float(v) for v in params.phi], "grid": [float(v) for v in params.grid()]}
     if args.eval_seeds > 0:
-        uniform = grids.uniform(cfg.nfe, cfg.eps)
-        result["evaluation"] = _compare(teacher, {
-            f"{cfg.sampler} uniform (phi = 1)": (uniform, None, "linear"),
-            f"{cfg.method} learned": (params.grid(), params.phi, cfg.reading),
-        }, args)
+        result["evaluation"] = _against_plain(teacher, args, params, f"{cfg.method} learned",
+                                              f"{cfg.sampler} uniform (phi = 1)")
     _write_json(os.path.join(out, "result.json"), result)
     print(f"wrote {out}/sampler_params.json, history.json, sampler_params.png, result.json "
           f"(fit {fit_seconds:.1f} s); phi in [{float(params.phi.min()):.4f}, {float(params.phi.max()):.4f}]")
@@ -276,11 +283,7 @@ def cmd_tune(args) -> int:
               "uniform": summary["uniform_divergence"], "seconds": seconds,
               "grid": [float(v) for v in params.grid()], "phi": [float(v) for v in params.phi]}
     if args.eval_seeds > 0:
-        uniform = grids.uniform(args.nfe, args.eps)
-        result["evaluation"] = _compare(teacher, {
-            f"{args.sampler} uniform": (uniform, None, "linear"),
-            "tuned": (params.grid(), params.phi, "linear"),
-        }, args)
+        result["evaluation"] = _against_plain(teacher, args, params, "tuned", f"{args.sampler} uniform")
     _write_json(os.path.join(out, "result.json"), result)
     print(f"{args.divergence}: uniform {result['uniform']:.4g} -> tuned {result['best']:.4g} "
           f"(tuning seeds) in {seconds:.1f} s; wrote {out}/sampler_params.json, history.json, sampler_params.png")

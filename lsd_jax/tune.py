@@ -80,10 +80,11 @@ def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", e
            budget: int = 200, tune_phi: bool = False, reading: str = "linear", crn_seeds: Sequence[int] = (0, 1),
            num_samples: int = 1024, x64: bool = False, seed: int = 0, sigma0: float = 0.5,
            entropy_ref: Optional[float] = None, entropy_band: float = 0.01, logit_bound: float = 3.0,
-           progress: bool = True) -> tuple[sp_lib.SamplerParams, list]:
+           init_grid=None, progress: bool = True) -> tuple[sp_lib.SamplerParams, list]:
     """CMA-ES over grid logits [M] (and log phi [M]) minimising `divergence(samples)`.
 
-    With entropy_ref, candidates outside `entropy_window` are rejected. Returns the best accepted
+    With entropy_ref, candidates outside `entropy_window` are rejected. The search starts
+    from `init_grid` [M + 1] when given (else the uniform grid). Returns the best accepted
     candidate (the uniform grid if none beats it) and the history of evaluations.
     """
     from cmaes import CMA
@@ -92,7 +93,11 @@ def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", e
         raise ValueError(f"budget must be >= 1 evaluation, got {budget}")
     dim = nfe * (2 if tune_phi else 1)
     bounds = np.array([[-logit_bound, logit_bound]] * nfe + [[np.log(0.05), np.log(20.0)]] * (dim - nfe))
-    opt = CMA(mean=np.zeros(dim), sigma=sigma0, bounds=bounds, seed=seed, population_size=max(6, 4 + int(3 * np.log(dim))))
+    mean = np.zeros(dim)
+    if init_grid is not None:  # start the search from a given grid (e.g. the best fixed one)
+        init_logits = np.asarray(grids.to_logits(jnp.asarray(init_grid), eps), np.float64)
+        mean[:nfe] = np.clip(init_logits - init_logits.mean(), -logit_bound, logit_bound)
+    opt = CMA(mean=mean, sigma=sigma0, bounds=bounds, seed=seed, population_size=max(6, 4 + int(3 * np.log(dim))))
 
     def decode(z):
         logits = jnp.asarray(z[:nfe])
@@ -116,13 +121,18 @@ def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", e
         base_value = base_info["divergence"]
     history.append({"eval": 0, "z": [0.0] * dim, **base_info})
     best_z, best_value = np.zeros(dim), base_value
+    if init_grid is not None:
+        value, info = evaluate(mean)
+        history.append({"eval": 1, "z": mean.tolist(), **info})
+        if value < best_value:
+            best_z, best_value = mean.copy(), value
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=budget, desc=f"tune M={nfe}", unit="eval")
-        bar.update(1)
-    n = 1
+        bar.update(len(history))
+    n = len(history)
     while n < budget:
         sols = []
         for _ in range(opt.population_size):

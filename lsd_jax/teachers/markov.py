@@ -192,11 +192,13 @@ def make_chain(
 
 
 # --- metrics on samples ---------------------------------------------------------------
-def unigram_entropy(tokens, num_tokens: int) -> float:
-    """Entropy (nats) of the empirical token distribution of samples [B, L]."""
-    counts = np.bincount(np.asarray(tokens).ravel(), minlength=num_tokens).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+def unigram_entropy(tokens, num_tokens: int | None = None) -> float:
+    """Entropy (nats) of the token histogram of all samples [B, L] pooled (the convention of
+    every table here; `lsd_jax.eval.unigram_entropy` also has the per-sample one)."""
+    from lsd_jax.eval.text_metrics import unigram_entropy as _unigram_entropy
+
+    del num_tokens  # kept for callers; the histogram needs no vocabulary size
+    return _unigram_entropy(np.asarray(tokens), mode="pooled")
 
 
 def bigram_kl(chain: MarkovChain, tokens) -> float:
