@@ -260,6 +260,8 @@ def cmd_tune(args) -> int:
     ref_entropy = unigram_entropy(ref, teacher.graph.dim)
     if args.divergence == "exact":
         divergence = tune.exact_divergence(teacher)
+    elif args.divergence == "mmd":
+        divergence = tune.mmd_divergence(teacher, ref)
     else:
         divergence = lambda tok: ngram_divergence(tok, ref, teacher.graph.num_tokens)
     print(f"tuning {args.sampler} M={args.nfe} on {teacher.name} by {args.divergence}; entropy guard "
@@ -295,9 +297,10 @@ def _add_tune(sub) -> None:
     _add_teacher_args(p)
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, default=8, help="sampler steps M")
-    p.add_argument("--divergence", choices=["exact", "ngram"], default="ngram",
-                   help="exact: bigram KL vs the true chain (markov teacher only); ngram: symmetric unigram + "
-                        "bigram KL vs the teacher's many-step samples (any model)")
+    p.add_argument("--divergence", choices=["exact", "ngram", "mmd"], default="ngram",
+                   help="exact: bigram KL vs the true chain (markov teacher only); ngram (default): symmetric "
+                        "unigram + bigram KL vs the teacher's many-step samples (any model); mmd: Gaussian-kernel "
+                        "MMD on the teacher network's pooled final hidden states (network teachers)")
     p.add_argument("--budget", type=int, default=150, help="CMA-ES evaluations")
     p.add_argument("--tune-phi", action="store_true", help="also tune phi (log-scale, bounded)")
     p.add_argument("--teacher-nfe", type=int, default=1024, help="steps of the reference teacher samples")

@@ -30,6 +30,21 @@ def exact_divergence(teacher) -> Callable[[np.ndarray], float]:
     return lambda tokens: teacher.metrics(tokens)["bigram_kl"]
 
 
+def mmd_divergence(teacher, reference) -> Callable[[np.ndarray], float]:
+    """MMD between the teacher network's pooled final hidden states of samples and of the
+    reference samples (network teachers only; the bandwidth is fixed on the reference)."""
+    from lsd_jax.divergences import mmd
+
+    if teacher.features is None:
+        raise ValueError("divergence 'mmd' needs a network teacher (--checkpoint DIR): it compares the "
+                         "teacher network's final hidden states; use 'exact' or 'ngram' here")
+    ref_feats = teacher.features(reference)
+    sq = (ref_feats ** 2).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * ref_feats @ ref_feats.T, 0.0)
+    bandwidth = float(np.sqrt(np.median(d2[np.triu_indices(len(d2), 1)])))
+    return lambda tokens: mmd(teacher.features(tokens), ref_feats, bandwidth=bandwidth)
+
+
 def _score(teacher, grid, phi, divergence, *, sampler, reading, crn_seeds, num_samples, x64,
            entropy_ref, entropy_band, entropy_base=None) -> tuple[float, dict]:
     vals, ents = [], []

@@ -92,3 +92,39 @@ def test_tune_cli_writes_params_sample_reads(tmp_path):
                  "--sampler-params", str(out / "sampler_params.json")]) == 0
     assert main(["tune", "--checkpoint", str(tmp_path / "nope"), "--nfe", "4", "--divergence", "exact",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_mmd_is_near_zero_for_equal_distributions_and_positive_otherwise():
+    from lsd_jax.divergences import mmd
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(400, 5)), rng.normal(size=(400, 5))
+    c = rng.normal(size=(400, 5)) + 0.5
+    same, shifted = mmd(a, b), mmd(a, c)
+    assert abs(same) < 0.01 and shifted > 10 * abs(same)
+    # exact value on a tiny case: x = {0, 1}, y = {0, 2}, unit bandwidth
+    x, y = np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]])
+    k = lambda u, v: np.exp(-((u - v) ** 2) / 2)
+    expect = 2 * k(0, 1) / 2 + 2 * k(0, 2) / 2 - 2 * (k(0, 0) + k(0, 2) + k(1, 0) + k(1, 2)) / 4
+    assert mmd(x, y, bandwidth=1.0) == pytest.approx(expect, rel=1e-12)
+
+
+def test_mmd_on_network_features_is_lowest_for_the_teachers_own_samples(tmp_path):
+    """A network teacher (tiny random SEDD whose chain.json names the chain): MMD on its pooled
+    hidden states is minimal for its own many-step samples and runs through tune."""
+    torch = pytest.importorskip("torch")
+    import sedd_torch_reference as ref_model
+
+    from lsd_jax.teachers.checkpoint import load_teacher
+
+    cfg = ref_model.make_config("sedd", graph="absorb")
+    d = ref_model.save_hf(ref_model.randomize(ref_model.build("sedd", cfg), seed=1), cfg, str(tmp_path), "safetensors")
+    t = load_teacher(d)
+    assert t.features is not None and t.chain is None
+    ref = run_sampler(t, grids.uniform(128, 1e-4), seed=1, num_samples=256)
+    div = tune.mmd_divergence(t, ref)
+    fresh = div(run_sampler(t, grids.uniform(128, 1e-4), seed=2, num_samples=256))
+    coarse = div(run_sampler(t, grids.uniform(2, 1e-4), seed=2, num_samples=256))
+    assert coarse > fresh
+    with pytest.raises(ValueError, match="network teacher"):
+        tune.mmd_divergence(markov_teacher(vocab=8, length=12), ref)

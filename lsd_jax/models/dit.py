@@ -430,6 +430,7 @@ class DiT(nn.Module):
         cos, sin = rotary_cos_sin(x.shape[1], cfg.head_dim)
         for i in range(cfg.n_blocks):
             h = DiTBlock(cfg, name=f"blocks_{i}")(h, cos, sin, c)
+        self.sow("intermediates", "final_hidden", h)  # [B, L, D]: features for two-sample tests
         logits = FinalLayer(cfg, name="output_layer")(h, c)  # [B, L, V] float32
         return output_transform(cfg, logits, x, sigmabar)
 
@@ -492,6 +493,17 @@ def _score(model: DiT, cfg: DiTConfig, params: Any, x: Array, sigmabar: Array) -
     masked = jnp.where(is_mask_id, 0.0, log_s)
     unmasked = jnp.where(_is(x, v), 0.0, NEG_INF)
     return jnp.where((x == mask)[..., None], masked, unmasked)
+
+
+def features_fn_from(model: DiT, params: Any) -> Callable[[Array, Array], Array]:
+    """(x int32 [B, L], sigmabar [B]) -> float32 [B, D]: the final hidden states of the
+    network, mean-pooled over positions (the features of `lsd_jax.divergences.mmd`)."""
+
+    def features(x: Array, sigmabar: Array) -> Array:
+        _, state = model.apply({"params": params}, x, sigmabar, mutable=["intermediates"])
+        return jnp.mean(state["intermediates"]["final_hidden"][0].astype(jnp.float32), axis=1)
+
+    return jax.jit(features)
 
 
 def init_params(config: DiTConfig, key: Array, batch: int = 1) -> Any:

@@ -27,6 +27,7 @@ class Teacher:
     name: str
     chain: Optional[markov.MarkovChain] = None  # exact teachers only
     decode: Optional[Callable] = None  # tokens [L] -> str, where a tokenizer is known
+    features: Optional[Callable] = None  # tokens [B, L] -> [B, F] network features (network teachers)
 
     @property
     def exact(self) -> bool:

@@ -45,5 +45,23 @@ def load_teacher(path: str, dtype=None) -> Teacher:
             raise ValueError(f"{chain_file}: chain V={chain.num_tokens}, L={chain.length} does not match the "
                              f"checkpoint's V={graph.num_tokens}, L={cfg.length}")
         decode = letter_decoder(chain.num_tokens)
-    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, chain, decode)
+    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, chain, decode,
+                   _pooled_features(model, params, noise))
+
+
+def _pooled_features(model, params, noise, t: float = 1e-4, chunk: int = 256):
+    """tokens [B, L] -> [B, D]: the network's final hidden states at t (nearly clean), mean-pooled."""
+    import jax.numpy as jnp
+
+    from lsd_jax.models.dit import features_fn_from
+
+    feats = features_fn_from(model, params)
+
+    def features(tokens) -> np.ndarray:
+        x = jnp.asarray(np.asarray(tokens), jnp.int32)
+        sb = noise.total(jnp.full((min(chunk, x.shape[0]),), t))
+        out = [np.asarray(feats(x[i:i + chunk], sb[: x[i:i + chunk].shape[0]])) for i in range(0, x.shape[0], chunk)]
+        return np.concatenate(out)
+
+    return features
 
