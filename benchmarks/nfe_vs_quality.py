@@ -48,7 +48,9 @@ def parse(argv=None):
     p.add_argument("--noise", choices=["loglinear", "geometric"], default=None)
     p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler", help="step of the learned samplers")
     p.add_argument("--nfe", type=int, nargs="+", default=[8, 16, 32])
-    p.add_argument("--teacher-nfe", type=int, default=1024)
+    p.add_argument("--teacher-nfe", type=int, default=1024, help="teacher steps (distillation and the ceiling row)")
+    p.add_argument("--teacher-rows", type=int, nargs="*", default=[256], help="extra teacher rows (steps)")
+    p.add_argument("--val-samples", type=int, default=1024, help="samples per epoch for LSD's selection")
     p.add_argument("--seeds", type=int, default=3, help="held-out evaluation seeds")
     p.add_argument("--samples", type=int, default=1024, help="samples per evaluation seed")
     p.add_argument("--variants", default="lsd,lsd+,lsd-temp,lsd+-temp,lsd+-tokenkl-temp,lsd+-l2",
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
                                                           for k in main_keys), flush=True)
 
     print(f"teacher {teacher.name}; held-out seeds {seeds} x {args.samples} samples", flush=True)
-    for n in sorted({args.teacher_nfe, 256}):
+    for n in sorted({args.teacher_nfe, *args.teacher_rows}):
         add(f"teacher (euler)", n, ev(grids.uniform(n, args.eps)))
     variants = [v for v in args.variants.split(",") if v]
     for m in args.nfe:
@@ -98,19 +100,22 @@ def main(argv=None) -> int:
         if m == min(args.nfe):
             with enable_x64():
                 add("euler (float64 draws)", m, ev(uni, sampler="euler", x64=True))
-        best_grid, table = tune.best_fixed_grid(teacher, m, divergence, sampler=args.sampler, eps=args.eps)
+        best_grid, table = tune.best_fixed_grid(teacher, m, divergence, sampler=args.sampler, eps=args.eps,
+                                                num_samples=args.samples)
         best_name = min(table, key=lambda r: r["divergence"])["grid"]
         add(f"best fixed grid", m, ev(best_grid, sampler=args.sampler), {"grid_name": best_name})
         if args.tune_budget > 0:
             t0 = time.perf_counter()
             params, hist = tune.search(teacher, m, divergence, sampler=args.sampler, eps=args.eps,
-                                       budget=args.tune_budget, init_grid=best_grid, progress=False)
+                                       budget=args.tune_budget, init_grid=best_grid, num_samples=args.samples,
+                                       progress=False)
             add(f"tuned grid ({div_name})", m, ev(params.grid(), sampler=args.sampler),
                 {"seconds": time.perf_counter() - t0, "grid": np.asarray(params.grid()).tolist()})
         for v in variants:
             method, loss, reading = LSD_VARIANTS[v]
             cfg = distill.DistillConfig(method=method, sampler=args.sampler, nfe=m, teacher_nfe=args.teacher_nfe,
-                                        loss=loss, reading=reading, epochs=args.epochs, eps=args.eps)
+                                        loss=loss, reading=reading, epochs=args.epochs, eps=args.eps,
+                                        val_samples=args.val_samples)
             t0 = time.perf_counter()
             params, hist = distill.fit(teacher, cfg, progress=False)
             secs = time.perf_counter() - t0
