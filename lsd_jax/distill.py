@@ -6,7 +6,9 @@ gradients flow through it into the grid.
 How one loss evaluation works (every choice below is ours where the paper is silent):
 1. Teacher cache (once per fit, no gradient): the N-step sampler (phi = 1, uniform grid,
    same Euler/Tweedie step as the student) runs from x_T for each training sample; its
-   states at all N + 1 grid times are kept. At a student time t_k the teacher's state is
+   states at all N + 1 grid times are kept (absorbing graph: as the final state plus the
+   step at which each position was revealed, `RevealPath`, O(S L) memory; uniform graph:
+   the dense [N + 1, S, L] path). At a student time t_k the teacher's state is
    the one at the nearest teacher grid time, and the teacher's score is evaluated there at
    sigmabar(t_k) (so it follows a learned grid).
 2. Student start: x_T itself (zeta = 0), or the relaxed start within Hamming distance
@@ -18,7 +20,10 @@ How one loss evaluation works (every choice below is ours where the paper is sil
    that puts most reveals into that step -- the loss fell 4x while the exact divergence
    rose 4.6x. The student must live with its own first step, as it does when sampling.)
 3. Student pass: the core step (`samplers.step_probs` on `apply_phi(score)`), the next
-   state drawn from the student's own kernel (no gradient through the draw).
+   state drawn from the student's own kernel (no gradient through the draw; drawn with
+   `samplers.draw` from the same kernel in log space). With B L V above REMAT_BYTES each
+   step is recomputed in the backward pass (jax.checkpoint) instead of keeping its
+   [B, L, V] residuals. Minibatches are split over all devices (`lsd_jax.sharding`).
 4. Per-step loss at every step k = 0..M-1 (the last included), per position, between the
    teacher's one-step kernel from its state over [t_k, t_{k+1}] (a target: stop-gradient)
    and the student's kernel from its state:
@@ -71,6 +76,7 @@ from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
 Array = jnp.ndarray
 
 METHODS = ("lsd", "lsd+")
+REMAT_BYTES = 64 * 2**20  # student_loss recomputes its steps in the backward pass above this [B, L, V] size
 LOSSES = ("kl", "token-kl", "l2")
 SELECT = ("auto", "exact", "ngram", "none")
 
@@ -130,17 +136,48 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
 
+class RevealPath(NamedTuple):
+    """The whole absorbing-graph teacher path in O(S L): the final state and, per position,
+    the first step k after which it is unmasked (N + 1: never). State k is
+    where(reveal <= k, final, mask): on the absorbing graph a token is revealed once and
+    never changes (both Euler and Tweedie keep unmasked tokens), so this is exact."""
+
+    final: Array  # [S, L] int32 state after N steps (no denoise)
+    reveal: Array  # [S, L] int32
+
+
 class TeacherCache(NamedTuple):
-    path: Array  # [N + 1, S, L] teacher states at its uniform grid times
+    path: "Array | RevealPath"  # absorbing: RevealPath; uniform: [N + 1, S, L] states at the teacher's grid times
     x_start: Array  # [S, L] the teacher's x_T
 
 
+def teacher_state(path, j: Array, graph) -> Array:
+    """Teacher state [S, L] after j steps (j may be traced)."""
+    if isinstance(path, RevealPath):
+        return jnp.where(path.reveal <= j, path.final, graph.mask_id)
+    return path[j]
+
+
+def path_rows(path, rows: Array):
+    """The cache restricted to trajectories `rows` (a minibatch)."""
+    if isinstance(path, RevealPath):
+        return RevealPath(path.final[rows], path.reveal[rows])
+    return path[:, rows]
+
+
 def teacher_cache(teacher, cfg: DistillConfig, key: Array) -> TeacherCache:
-    """Runs the N-step teacher for cfg.samples trajectories and keeps every state."""
+    """Runs the N-step teacher for cfg.samples trajectories and keeps what the loss needs:
+    every state, which on the absorbing graph is the final state plus one reveal step per
+    position (O(S L) instead of O(N S L)); the uniform graph keeps the dense path."""
+    absorbing = teacher.graph.is_absorbing
     out = samplers.sample(
         teacher.score_fn, teacher.graph, teacher.noise, grids.uniform(cfg.teacher_nfe, cfg.eps), key,
-        cfg.samples, teacher.length, sampler=cfg.sampler, denoise=False, x64=cfg.x64, return_path=True,
+        cfg.samples, teacher.length, sampler=cfg.sampler, denoise=False, x64=cfg.x64,
+        return_path=not absorbing, return_reveal=absorbing,
     )
+    if absorbing:
+        x_start = teacher.graph.sample_limit(key, (cfg.samples, teacher.length))
+        return TeacherCache(RevealPath(out.tokens, out.reveal), x_start)
     return TeacherCache(out.path, out.path[0])
 
 
@@ -206,7 +243,8 @@ def student_loss(
 ) -> tuple[Array, dict]:
     """Loss per revealed token of the student on a batch of teacher trajectories.
 
-    path [N + 1, B, L] teacher states; x_start [B, L] the student's (relaxed) start.
+    path: teacher states (`RevealPath` or [N + 1, B, L]); x_start [B, L] the student's
+    (relaxed) start.
     Returns (loss, aux) with aux: per-step loss sums, teacher move mass, student reveals.
     """
     graph, noise = teacher.graph, teacher.noise
@@ -220,7 +258,7 @@ def student_loss(
         k, t, t_next, phi_k, j = inputs
         tb, tnb = jnp.full((bsz,), t), jnp.full((bsz,), t_next)
         sb = noise.total(tb)
-        x_t = path[j]
+        x_t = teacher_state(path, j, graph)
         ls_t = jax.lax.stop_gradient(teacher.score_fn(x_t, sb))
         p_t = jax.lax.stop_gradient(samplers.step_probs(graph, noise, cfg.sampler, x_t, ls_t, tb, tnb))
         ls_s = samplers.apply_phi(x_s, teacher.score_fn(x_s, sb), phi_k, cfg.reading)
@@ -232,10 +270,18 @@ def student_loss(
         per_pos = position_loss(cfg.loss, p_t, p_s, x_t, x_s, ls_t, ls_s)
         stay_t = jnp.take_along_axis(p_t, x_t[..., None], -1)[..., 0]
         moved_t = jnp.where(scored, 1.0 - stay_t, 0.0).sum()
-        x_next = samplers.categorical(jax.random.fold_in(k_steps, k), jax.lax.stop_gradient(p_s))
+        # the student's own next state, drawn from the log-space kernel (same distribution as
+        # p_s; no [B, L, V] noise above samplers.FLAT_VOCAB_MAX; the same uniforms below it)
+        kern = samplers.step_kernel(graph, noise, cfg.sampler, x_s, jax.lax.stop_gradient(ls_s), tb, tnb)
+        x_next = samplers.draw(jax.random.fold_in(k_steps, k), kern)
         reveals = (x_next != x_s).sum()
         return x_next, (jnp.where(scored, per_pos, 0.0).sum(), moved_t, reveals)
 
+    if bsz * x_start.shape[1] * graph.dim * 4 > REMAT_BYTES:
+        # large vocabularies: reverse mode would keep ~10 [B, L, V] residuals of every step
+        # (15 GiB for B 16, L 64, V 50258); recompute each step in the backward pass instead
+        # (one more teacher and student forward per step, memory of one step)
+        body = jax.checkpoint(body, prevent_cse=False)
     _, (loss_k, moved_k, reveals_k) = jax.lax.scan(
         body, x_start, (jnp.arange(m), grid[:-1], grid[1:], params.phi, idx)
     )
@@ -273,14 +319,26 @@ def _project(params: SamplerParams, cfg: DistillConfig) -> SamplerParams:
     )
 
 
-def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache) -> Callable[[FitState], tuple[FitState, dict]]:
-    """A jit-compiled epoch: shuffle the S cached trajectories, scan over minibatches."""
+def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto") -> Callable[[FitState], tuple[FitState, dict]]:
+    """A jit-compiled epoch: shuffle the S cached trajectories, scan over minibatches.
+
+    mesh: "auto" (`sharding.default_mesh(cfg.batch_size)`: every device when there are
+    several), None (one device) or a Mesh: each minibatch is split over its batch axis,
+    the network params, the teacher cache and the sampler params are replicated.
+    """
+    from lsd_jax import sharding as sharding_lib
+
     opt = _optimizer(cfg)
     n_batches = cfg.samples // cfg.batch_size
     score_arg = samplers.as_pytree_fn(teacher.score_fn)  # network params: an argument, not constants
+    if mesh == "auto":
+        mesh = sharding_lib.default_mesh(cfg.batch_size)
+    if mesh is not None:
+        score_arg, cache = sharding_lib.replicate((score_arg, cache), mesh)
+    pin = (lambda a, axis=0: sharding_lib.constrain_batch(a, mesh, axis)) if mesh is not None else (lambda a, axis=0: a)
 
     @jax.jit
-    def epoch_fn_(state: FitState, score_fn) -> tuple[FitState, dict]:
+    def epoch_fn_(state: FitState, score_fn, cache: TeacherCache) -> tuple[FitState, dict]:
         loss_fn = functools.partial(student_loss, teacher=dataclasses.replace(teacher, score_fn=score_fn), cfg=cfg)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         k_epoch = jax.random.fold_in(state.key, state.epoch)
@@ -294,7 +352,9 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache) -> Callable[
             x0 = cache.x_start[rows]
             if not teacher.graph.is_absorbing:
                 x0 = relaxed_start(teacher.graph, jax.random.fold_in(k_start, b), x0, cfg.zeta)
-            (loss, aux), g = grad_fn(params, cache.path[:, rows], x0, jax.random.fold_in(k_loss, b))
+            path = path_rows(cache.path, rows)
+            path = pin(path) if isinstance(path, RevealPath) else pin(path, 1)
+            (loss, aux), g = grad_fn(params, path, pin(x0), jax.random.fold_in(k_loss, b))
             g = g.replace(phi=g.phi * w_phi, logits=g.logits * w_logits)
             updates, opt_state = opt.update(g, opt_state, params)
             # mask the updates too: Adam's momentum would move a frozen leaf
@@ -310,7 +370,15 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache) -> Callable[
         stats = {"loss": losses.mean(), "grad_norm": gnorms.mean(), "student_moved": moved.mean(0)}
         return new_state, stats
 
-    return lambda state: epoch_fn_(state, score_arg)
+    def epoch_fn(state: FitState):
+        if mesh is not None:
+            state = sharding_lib.replicate(state, mesh)
+        return epoch_fn_(state, score_arg, cache)
+
+    epoch_fn.jitted = epoch_fn_  # for AOT lowering / memory analysis (benchmarks)
+    epoch_fn.args = lambda state: ((sharding_lib.replicate(state, mesh) if mesh is not None else state), score_arg, cache)
+    epoch_fn.mesh = mesh
+    return epoch_fn
 
 
 def init_state(cfg: DistillConfig, key: Array, grid=None) -> FitState:
@@ -407,6 +475,73 @@ def restore_checkpoint(path: str, like: FitState) -> tuple[FitState, list, Sampl
     return FitState(params, tree["opt_state"], tree["epoch"], tree["key"]), history, best
 
 
+# --- timing -----------------------------------------------------------------------------
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+_compile_total = [0.0, False]
+
+
+def compile_clock() -> float:
+    """Seconds this process has spent so far tracing, lowering and compiling with JAX
+    (from jax.monitoring events; the listener is registered on the first call)."""
+    if not _compile_total[1]:
+        def listen(event, duration, **_):
+            if event in _COMPILE_EVENTS:
+                _compile_total[0] += duration
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+        _compile_total[1] = True
+    return _compile_total[0]
+
+
+def memory_report() -> dict:
+    """Peak resident memory of this process (MiB; Linux VmHWM, which unlike ru_maxrss is
+    not inherited from a parent across fork + exec) and, where the backend reports it, the
+    peak device memory in use (MiB, device 0)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
+        out["peak_rss_mib"] = round(int(hwm[0]) / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        try:
+            import resource
+            import sys
+
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            out["peak_rss_mib"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
+        except (ImportError, OSError):
+            pass
+    try:
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            out["peak_device_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
+    except Exception:  # noqa: BLE001 - not every backend has memory stats
+        pass
+    return out
+
+
+class _Phase:
+    """Accumulates wall-clock and JAX compile seconds of a phase over several entries."""
+
+    def __init__(self):
+        self.wall = self.compile = 0.0
+        self.count = 0
+
+    def __enter__(self):
+        self._t, self._c = time.perf_counter(), compile_clock()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall += time.perf_counter() - self._t
+        self.compile += compile_clock() - self._c
+        self.count += 1
+
+    def report(self) -> dict:
+        return {"wall_s": round(self.wall, 3), "compile_s": round(self.compile, 3),
+                "run_s": round(self.wall - self.compile, 3), "calls": self.count}
+
+
 # --- fit --------------------------------------------------------------------------------
 def fit(
     teacher,
@@ -431,12 +566,15 @@ def fit(
     if key is None:
         key = jax.random.PRNGKey(cfg.seed)
     k_teacher, k_fit = jax.random.split(key)
-    t0 = time.perf_counter()
-    cache = teacher_cache(teacher, cfg, k_teacher)
-    jax.block_until_ready(cache.path)
-    t_teacher = time.perf_counter() - t0
+    ph = {name: _Phase() for name in ("teacher", "validation", "epochs", "checkpoints")}
+    t_all = time.perf_counter()
+    with ph["teacher"]:
+        cache = teacher_cache(teacher, cfg, k_teacher)
+        jax.block_until_ready(cache.path)
+    t_teacher = ph["teacher"].wall
     state = init_state(cfg, k_fit)
-    validator, val_kind = make_validator(teacher, cfg)
+    with ph["validation"]:  # the n-gram validator's reference samples are drawn here
+        validator, val_kind = make_validator(teacher, cfg)
     history: list = []
     best, best_val = state.params, None
     if resume and out_dir and latest_checkpoint(out_dir):
@@ -444,7 +582,8 @@ def fit(
         vals = [h["val_divergence"] for h in history if h.get("val_divergence") is not None]
         best_val = min(vals) if vals else None
     elif validator is not None:
-        best_val = validator(state.params)
+        with ph["validation"]:
+            best_val = validator(state.params)
         history.append({"epoch": 0, "loss": None, "val_divergence": best_val, "val_kind": val_kind,
                         "phi": np.asarray(state.params.phi).tolist(),
                         "grid": np.asarray(state.params.grid(), np.float64).tolist()})
@@ -457,8 +596,9 @@ def fit(
     done_now = 0
     while int(state.epoch) < cfg.epochs and (stop_after is None or done_now < stop_after):
         te = time.perf_counter()
-        state, stats = epoch_fn(state)
-        loss = float(stats["loss"])
+        with ph["epochs"]:
+            state, stats = epoch_fn(state)
+            loss = float(stats["loss"])
         phi = np.asarray(state.params.phi)
         if not (np.isfinite(loss) and np.all(np.isfinite(phi)) and np.all(np.isfinite(np.asarray(state.params.logits)))):
             raise FloatingPointError(
@@ -475,7 +615,8 @@ def fit(
             "seconds": time.perf_counter() - te,
         }
         if validator is not None:
-            rec["val_divergence"] = validator(state.params)
+            with ph["validation"]:
+                rec["val_divergence"] = validator(state.params)
             rec["val_kind"] = val_kind
             if rec["val_divergence"] < best_val:
                 best, best_val = state.params, rec["val_divergence"]
@@ -484,7 +625,8 @@ def fit(
         history.append(rec)
         done_now += 1
         if out_dir:
-            save_checkpoint(out_dir, state, history, best)
+            with ph["checkpoints"]:
+                save_checkpoint(out_dir, state, history, best)
         if bar is not None:
             post = {"loss": f"{loss:.4g}", "phi": f"[{phi.min():.3f}, {phi.max():.3f}]"}
             if validator is not None:
@@ -495,4 +637,8 @@ def fit(
         bar.close()
     if history:
         history[0]["teacher_seconds"] = t_teacher
+        # wall-clock split (compile = JAX tracing + lowering + XLA compile inside the phase)
+        history[0]["timing"] = {**{k: p.report() for k, p in ph.items()},
+                                "total_s": round(time.perf_counter() - t_all, 3),
+                                "devices": jax.device_count(), **memory_report()}
     return best, history
