@@ -368,7 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Other modules register subcommands here: name -> function(subparsers).
-_EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert, "tune": _add_tune}
+def _add_train_teacher(sub) -> None:
+    from lsd_jax import train
+
+    train.register(sub)
+
+
+_EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert, "tune": _add_tune,
+                               "train-teacher": _add_train_teacher}
 
 
 def main(argv=None) -> int:
