@@ -29,6 +29,10 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampler")
     p.add_argument("--x64", action="store_true", help="float64 computation and categorical draws")
+    p.add_argument("--distributed", action="store_true",
+                   help="several hosts: start jax.distributed first (set JAX_COORDINATOR_ADDRESS=host0:port, "
+                        "JAX_NUM_PROCESSES, JAX_PROCESS_ID on every host, or run under SLURM / Open MPI); every "
+                        "host runs the same command and the batch is split over the devices of all hosts")
 
 
 def load_teacher(args):
@@ -54,8 +58,16 @@ def _device_info() -> dict:
     return {"platform": d.platform, "device": str(d.device_kind), "count": jax.device_count()}
 
 
+def _primary() -> bool:
+    """Whether this process writes the output files: always, except on hosts other than
+    process 0 of a --distributed run (they may share the output directory)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _write_json(path: Optional[str], obj: dict) -> None:
-    if path:
+    if path and _primary():
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(obj, f, indent=2)
@@ -63,9 +75,8 @@ def _write_json(path: Optional[str], obj: dict) -> None:
 
 def cmd_sample(args) -> int:
     import jax
-    import numpy as np
 
-    from lsd_jax import grids, samplers
+    from lsd_jax import grids, samplers, sharding
 
     if args.nfe < 1:
         raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
@@ -92,7 +103,7 @@ def cmd_sample(args) -> int:
         teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(args.seed), args.num_samples,
         teacher.length, sampler=args.sampler, phi=phi, x64=args.x64, reading=reading,
     )
-    tokens = np.asarray(jax.block_until_ready(out.tokens))
+    tokens = sharding.to_host(jax.block_until_ready(out.tokens))  # several hosts: gathered on each
     seconds = time.perf_counter() - t0
     result = {
         "nfe": out.nfe,
@@ -189,11 +200,16 @@ def cmd_distill(args) -> int:
     from lsd_jax import distill, grids
     from lsd_jax import sampler_params as sp_lib
 
+    val_samples = _auto_or_int("--val-samples", args.val_samples)
+    for flag, v in (("--val-every", args.val_every), ("--val-reference-nfe", args.val_reference_nfe)):
+        if v < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {v}")
     cfg = distill.DistillConfig(
         method=args.method, sampler=args.sampler, nfe=args.nfe, teacher_nfe=args.teacher_nfe, reading=args.reading,
         loss=args.loss, zeta=args.zeta, epochs=args.epochs, samples=args.samples,
         batch_size=min(args.batch_size, args.samples), lr=args.lr, eps=args.eps, alternate=args.alternate,
-        select=args.select, seed=args.seed, x64=args.x64,
+        select=args.select, val_samples=val_samples, val_every=args.val_every,
+        val_reference_nfe=args.val_reference_nfe, seed=args.seed, x64=args.x64,
     ).validate()
     out = args.out
     if os.path.isdir(out) and os.listdir(out) and not args.resume:
@@ -203,18 +219,24 @@ def cmd_distill(args) -> int:
     print(f"teacher {teacher.name} ({teacher.graph.name}, {teacher.noise.name}); student {cfg.method} "
           f"{cfg.sampler} M={cfg.nfe} from N={cfg.teacher_nfe}; loss {cfg.loss}, reading {cfg.reading}, "
           f"zeta {cfg.zeta}; {jax.devices()[0].platform}")
+    plan = distill.validation_plan(teacher, cfg)
+    if plan["kind"] != "none":
+        ref = f", reference {plan['reference_nfe']} teacher steps" if plan["reference_nfe"] else ""
+        print(f"selection: {plan['kind']} divergence on {plan['samples']} samples at epochs "
+              f"{_epoch_list(plan['epochs'])}{ref}: ~{plan['forward_passes']:,} sequence-forward passes")
     t0 = time.perf_counter()
     params, history = distill.fit(teacher, cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
     fit_seconds = time.perf_counter() - t0
     meta = {"method": cfg.method, "teacher": teacher.describe(), "config": cfg.to_dict()}
-    sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
-    with open(os.path.join(out, "history.json"), "w") as f:
-        json.dump(history, f, indent=1)
-    plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
-                        f"{cfg.method} ({cfg.loss}, {cfg.reading}) M={cfg.nfe} on {teacher.name}")
+    if _primary():
+        sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
+        with open(os.path.join(out, "history.json"), "w") as f:
+            json.dump(history, f, indent=1)
+        plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
+                            f"{cfg.method} ({cfg.loss}, {cfg.reading}) M={cfg.nfe} on {teacher.name}")
     result = {"config": cfg.to_dict(), "teacher": teacher.describe(), "fit_seconds": fit_seconds,
               "final_loss": history[-1]["loss"] if history else None,
-              "selected_epoch": _selected_epoch(history),
+              "selected_epoch": _selected_epoch(history), "validation": plan,
               "phi": [float(v) for v in params.phi], "grid": [float(v) for v in params.grid()]}
     if args.eval_seeds > 0:
         result["evaluation"] = _against_plain(teacher, args, params, f"{cfg.method} learned",
@@ -242,7 +264,6 @@ def _add_convert(sub) -> None:
 def cmd_tune(args) -> int:
     from lsd_jax import grids, tune
     from lsd_jax import sampler_params as sp_lib
-    from lsd_jax.divergences import ngram_divergence
     from lsd_jax.evaluate import run_sampler
     from lsd_jax.teachers.markov import unigram_entropy
 
@@ -258,12 +279,7 @@ def cmd_tune(args) -> int:
     ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, args.eps), sampler=args.sampler, seed=1,
                       num_samples=args.samples, x64=args.x64)
     ref_entropy = unigram_entropy(ref, teacher.graph.dim)
-    if args.divergence == "exact":
-        divergence = tune.exact_divergence(teacher)
-    elif args.divergence == "mmd":
-        divergence = tune.mmd_divergence(teacher, ref)
-    else:
-        divergence = lambda tok: ngram_divergence(tok, ref, teacher.graph.num_tokens)
+    divergence = tune.make_divergence(args.divergence, teacher, ref)
     print(f"tuning {args.sampler} M={args.nfe} on {teacher.name} by {args.divergence}; entropy guard "
           f"{ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; budget {args.budget} evaluations")
     t0 = time.perf_counter()
@@ -276,10 +292,11 @@ def cmd_tune(args) -> int:
     seconds = time.perf_counter() - t0
     os.makedirs(out, exist_ok=True)
     meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget}
-    sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
     _write_json(os.path.join(out, "history.json"), {"evaluations": history, "seconds": seconds})
-    plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
-                        f"tuned ({args.divergence}) {args.sampler} M={args.nfe} on {teacher.name}")
+    if _primary():
+        sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
+        plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
+                            f"tuned ({args.divergence}) {args.sampler} M={args.nfe} on {teacher.name}")
     summary = history[-1]
     result = {"divergence": args.divergence, "best": summary["best_divergence"],
               "uniform": summary["uniform_divergence"], "seconds": seconds,
@@ -315,6 +332,23 @@ def _add_tune(sub) -> None:
     p.set_defaults(func=cmd_tune)
 
 
+def _auto_or_int(flag: str, value: str):
+    """'auto' or an integer >= 1 (a CLI flag's value), else a one-line error."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{flag} must be 'auto' or an integer >= 1, got {value!r}")
+    return n
+
+
+def _epoch_list(epochs: list) -> str:
+    return ", ".join(map(str, epochs)) if len(epochs) <= 8 else f"{epochs[0]}, {epochs[1]}, ..., {epochs[-1]}"
+
+
 def _selected_epoch(history: list):
     vals = [(h["val_divergence"], h["epoch"]) for h in history if h.get("val_divergence") is not None]
     return min(vals)[1] if vals else (history[-1]["epoch"] if history else None)
@@ -338,6 +372,14 @@ def _add_distill(sub) -> None:
     p.add_argument("--select", choices=["auto", "exact", "ngram", "none"], default="auto",
                    help="return the best epoch on this sample-level divergence (auto: exact on the markov "
                         "teacher, else n-gram vs teacher samples; none: the last epoch)")
+    p.add_argument("--val-samples", default="auto",
+                   help="samples per validation (auto: 1024 on the markov teacher, 256 on a network teacher)")
+    p.add_argument("--val-every", type=int, default=1,
+                   help="validate epoch 0, every k-th epoch and the last; the best of those is returned. Validation "
+                        "costs ~ (epochs / k + 1) x nfe x val-samples sequence-forward passes")
+    p.add_argument("--val-reference-nfe", type=int, default=256,
+                   help="n-gram selection: steps of the teacher's reference samples (capped at --teacher-nfe; "
+                        "costs val-reference-nfe x val-samples passes once)")
     p.add_argument("--out", required=True, help="output directory (checkpoints, params, history, plot)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--eval-seeds", type=int, default=3, help="held-out seeds for the final comparison (0: skip)")
@@ -381,6 +423,12 @@ _EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert,
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "distributed", False):  # before any other jax use
+        from lsd_jax import sharding
+
+        info = sharding.initialize_distributed()
+        print(f"distributed: process {info['process_id']} of {info['process_count']}, "
+              f"{info['local_devices']} of {info['devices']} devices local", file=sys.stderr)
     if getattr(args, "x64", False):
         import jax
 

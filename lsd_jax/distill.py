@@ -44,11 +44,20 @@ How one loss evaluation works (every choice below is ours where the paper is sil
 6. Selection (our guard against a falling loss with worse samples): the per-step losses
    are gameable by LSD+ (measured on the exact teacher: a grid revealing 36% of tokens in
    the first step and 36% in the last lowers the default loss from 4.48 to 2.92 while the
-   exact bigram KL rises from 0.130 to 0.600). So after every epoch the student is
-   sampled (val_samples, fixed seed) and scored with a sample-level divergence: the exact
-   bigram KL on an exact teacher, else the n-gram divergence against the teacher's own
-   N-step samples; `fit` returns the best epoch (epoch 0 = the plain sampler included),
-   so it never hands back a sampler worse than where it started on that divergence.
+   exact bigram KL rises from 0.130 to 0.600). So the student is sampled (val_samples,
+   fixed seed) after epoch 0 (the plain sampler), every val_every-th epoch and the last
+   epoch, and scored with a sample-level divergence: the exact bigram KL on an exact
+   teacher, else the n-gram divergence against val_samples reference samples of the
+   teacher run with min(val_reference_nfe, N) steps; `fit` returns the best validated
+   epoch (epoch 0 included), so it never hands back a sampler worse than where it started
+   on that divergence. Epochs in between are recorded with val_divergence None.
+   Cost, in sequence-forward passes (network calls x samples): about
+       (epochs / val_every + 1) * nfe * val_samples      (students; nfe + 1 calls exactly)
+     + val_reference_nfe * val_samples                  (n-gram reference, once per fit)
+   val_samples "auto" is 1024 on an exact teacher (analytic, cheap; no reference needed)
+   and 256 on a network teacher; with the defaults (val_every 1, reference 256 steps) a
+   mini SEDD teacher pays 21 * 9 * 256 + 256 * 256 ~ 114k passes instead of the ~1.24M
+   that 1024 samples and a 1024-step reference cost; val_every 5 brings it to ~77k.
 NFE: the student has M predictor calls plus the final denoise (raw score, no phi), the
 same as every sampler it is compared with.
 """
@@ -79,6 +88,7 @@ METHODS = ("lsd", "lsd+")
 REMAT_BYTES = 64 * 2**20  # student_loss recomputes its steps in the backward pass above this [B, L, V] size
 LOSSES = ("kl", "token-kl", "l2")
 SELECT = ("auto", "exact", "ngram", "none")
+AUTO_VAL_SAMPLES = {"exact": 1024, "network": 256}  # val_samples "auto", by teacher.exact
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +112,12 @@ class DistillConfig:
     phi_max: float = 20.0
     logit_bound: float = 3.0
     select: str = "auto"  # model selection on a sample-level divergence: auto | exact | ngram | none
-    val_samples: int = 1024
+    # Validation (select != none) costs about (epochs / val_every + 1) * nfe * val_samples
+    # sequence-forward passes (network calls x samples) for the students, plus
+    # val_reference_nfe * val_samples once for the n-gram reference (network teachers only).
+    val_samples: "int | str" = "auto"  # samples per validation; auto: 1024 exact teacher, 256 network teacher
+    val_every: int = 1  # validate epoch 0, every val_every-th epoch and the last; the best of those is returned
+    val_reference_nfe: int = 256  # steps of the n-gram reference samples (capped at teacher_nfe)
     val_seed: int = 777  # common random numbers: every epoch is validated with this seed
     seed: int = 0
     x64: bool = False
@@ -113,11 +128,14 @@ class DistillConfig:
         check_choice("reading", self.reading, READINGS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("select", self.select, SELECT)
-        ints = {"nfe": 1, "teacher_nfe": 2, "epochs": 1, "samples": 1, "batch_size": 1}
+        ints = {"nfe": 1, "teacher_nfe": 2, "epochs": 1, "samples": 1, "batch_size": 1, "val_every": 1,
+                "val_reference_nfe": 1}
         for field, lo in ints.items():
             v = getattr(self, field)
-            if int(v) != v or v < lo:
+            if not _is_int_at_least(v, lo):
                 raise ValueError(f"{field} must be an integer >= {lo}, got {v!r}")
+        if self.val_samples != "auto" and not _is_int_at_least(self.val_samples, 1):
+            raise ValueError(f"val_samples must be 'auto' or an integer >= 1, got {self.val_samples!r}")
         if self.nfe >= self.teacher_nfe:
             raise ValueError(f"nfe (student steps M = {self.nfe}) must be < teacher_nfe (N = {self.teacher_nfe})")
         if not 0.0 <= self.zeta <= 1.0:
@@ -132,8 +150,59 @@ class DistillConfig:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= samples ({self.samples})")
         return self
 
+    def resolved_val_samples(self, teacher) -> int:
+        """val_samples as an int: "auto" is 1024 on an exact teacher, 256 on a network teacher."""
+        if self.val_samples == "auto":
+            return AUTO_VAL_SAMPLES["exact" if teacher.exact else "network"]
+        return int(self.val_samples)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _is_int_at_least(v, lo: int) -> bool:
+    if isinstance(v, bool):
+        return False
+    try:
+        return int(v) == v and v >= lo
+    except (TypeError, ValueError):
+        return False
+
+
+def validated_epochs(epochs: int, val_every: int) -> list:
+    """Epochs `fit` validates: 0 (the plain sampler), every val_every-th and the last."""
+    return sorted(set(range(0, epochs + 1, val_every)) | {epochs})
+
+
+def _selection_kind(teacher, cfg: DistillConfig) -> str:
+    """cfg.select resolved for this teacher (auto: exact on an exact teacher, else ngram);
+    errors for a combination that cannot work."""
+    kind = cfg.select
+    if kind == "auto":
+        kind = "exact" if teacher.exact else "ngram"
+    if kind == "exact" and not teacher.exact:
+        raise ValueError("select 'exact' needs an exact teacher (--teacher markov); use 'ngram'")
+    if kind == "ngram" and min(cfg.val_reference_nfe, cfg.teacher_nfe) <= cfg.nfe:
+        raise ValueError(f"val_reference_nfe ({cfg.val_reference_nfe}, capped at teacher_nfe {cfg.teacher_nfe}) "
+                         f"must be > nfe ({cfg.nfe}): the n-gram reference must take more steps than the "
+                         "student it judges")
+    return kind
+
+
+def validation_plan(teacher, cfg: DistillConfig) -> dict:
+    """What selection will cost for this teacher and config: the divergence, samples per
+    validation, reference steps (n-gram only), the validated epochs and the total
+    sequence-forward passes (network calls x samples; a student makes nfe + 1 calls)."""
+    kind = _selection_kind(teacher, cfg)
+    if kind == "none":
+        return {"kind": "none", "samples": 0, "reference_nfe": None, "every": cfg.val_every, "epochs": [],
+                "forward_passes": 0}
+    n = cfg.resolved_val_samples(teacher)
+    ref_nfe = min(cfg.val_reference_nfe, cfg.teacher_nfe) if kind == "ngram" else None
+    epochs = validated_epochs(cfg.epochs, cfg.val_every)
+    passes = len(epochs) * (cfg.nfe + 1) * n + (ref_nfe or 0) * n
+    return {"kind": kind, "samples": n, "reference_nfe": ref_nfe, "every": cfg.val_every, "epochs": epochs,
+            "forward_passes": passes}
 
 
 class RevealPath(NamedTuple):
@@ -387,29 +456,35 @@ def init_state(cfg: DistillConfig, key: Array, grid=None) -> FitState:
 
 
 def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[SamplerParams], float]], str]:
-    """Sample-level divergence of a student (lower is better) and its name, or None."""
+    """Sample-level divergence of a student (lower is better) and its name, or None.
+
+    The validator draws cfg.resolved_val_samples(teacher) student samples (seed val_seed);
+    the n-gram divergence compares them with as many teacher samples drawn here, once, with
+    min(val_reference_nfe, teacher_nfe) steps (attributes: num_samples, reference_nfe,
+    reference).
+    """
     from lsd_jax.divergences import ngram_divergence
     from lsd_jax.evaluate import run_sampler
 
-    kind = cfg.select
-    if kind == "auto":
-        kind = "exact" if teacher.exact else "ngram"
+    kind = _selection_kind(teacher, cfg)
     if kind == "none":
         return None, kind
+    num_samples = cfg.resolved_val_samples(teacher)
+    ref, ref_nfe = None, None
     if kind == "exact":
-        if not teacher.exact:
-            raise ValueError("select 'exact' needs an exact teacher (--teacher markov); use 'ngram'")
         div = lambda tok: teacher.metrics(tok)["bigram_kl"]
     else:
-        ref = run_sampler(teacher, grids.uniform(cfg.teacher_nfe, cfg.eps), sampler=cfg.sampler,
-                          seed=cfg.val_seed + 1, num_samples=cfg.val_samples, x64=cfg.x64)
+        ref_nfe = min(cfg.val_reference_nfe, cfg.teacher_nfe)
+        ref = run_sampler(teacher, grids.uniform(ref_nfe, cfg.eps), sampler=cfg.sampler,
+                          seed=cfg.val_seed + 1, num_samples=num_samples, x64=cfg.x64)
         div = lambda tok: ngram_divergence(tok, ref, teacher.graph.num_tokens)
 
     def validate(params: SamplerParams) -> float:
         tok = run_sampler(teacher, params.grid(), sampler=cfg.sampler, phi=params.phi, reading=cfg.reading,
-                          seed=cfg.val_seed, num_samples=cfg.val_samples, x64=cfg.x64)
+                          seed=cfg.val_seed, num_samples=num_samples, x64=cfg.x64)
         return float(div(tok))
 
+    validate.num_samples, validate.reference_nfe, validate.reference = num_samples, ref_nfe, ref
     return validate, kind
 
 
@@ -422,18 +497,26 @@ def save_checkpoint(out_dir: str, state: FitState, history: list, best: SamplerP
     """Orbax checkpoint of (params, optimizer state, epoch, key, best params) + the JSON history."""
     import orbax.checkpoint as ocp
 
+    from lsd_jax import sharding as sharding_lib
+
     epoch = int(state.epoch)
     path = os.path.join(_ckpt_dir(out_dir), f"epoch_{epoch:04d}")
     ckpt = ocp.StandardCheckpointer()
     tree = {"phi": state.params.phi, "logits": state.params.logits, "opt_state": state.opt_state,
             "epoch": state.epoch, "key": jax.random.key_data(state.key) if _is_typed_key(state.key) else state.key,
             "best_phi": best.phi, "best_logits": best.logits}
-    if os.path.exists(path):
+    tree = sharding_lib.global_tree(tree)  # several hosts: orbax saves global arrays only
+    # several hosts share out_dir (orbax needs one directory all of them see): every host
+    # writes its part of the checkpoint, process 0 alone writes the history and prunes
+    primary = jax.process_index() == 0
+    if primary and os.path.exists(path):
         import shutil
 
         shutil.rmtree(path)
     ckpt.save(path, tree)
     ckpt.wait_until_finished()
+    if not primary:
+        return
     with open(os.path.join(path + ".history.json"), "w") as f:
         json.dump(history, f)
     # keep the two newest
@@ -464,9 +547,11 @@ def restore_checkpoint(path: str, like: FitState) -> tuple[FitState, list, Sampl
     """Inverse of `save_checkpoint`: (state, history, best params)."""
     import orbax.checkpoint as ocp
 
+    from lsd_jax import sharding as sharding_lib
+
     target = {"phi": like.params.phi, "logits": like.params.logits, "opt_state": like.opt_state,
               "epoch": like.epoch, "key": like.key, "best_phi": like.params.phi, "best_logits": like.params.logits}
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, sharding_lib.global_tree(target))
     tree = ocp.StandardCheckpointer().restore(path, abstract)
     params = like.params.replace(phi=tree["phi"], logits=tree["logits"])
     best = like.params.replace(phi=tree["best_phi"], logits=tree["best_logits"])
@@ -555,14 +640,18 @@ def fit(
 ) -> tuple[SamplerParams, list]:
     """Distils an M-step student from the N-step teacher; returns (params, history).
 
-    The params returned are the best epoch on the validation divergence (cfg.select;
-    'none': the last epoch). history[e] holds epoch e's loss, phi, grid, divergence.
+    The params returned are the best validated epoch on the validation divergence
+    (cfg.select; 'none': the last epoch). Validated: epoch 0, every cfg.val_every-th epoch
+    and the last (`validated_epochs`); the others have val_divergence None. history[e]
+    holds epoch e's loss, phi, grid, divergence; history[0]["validation"] the plan
+    (`validation_plan`: kind, samples, reference steps, epochs, forward passes).
 
     With out_dir, an orbax checkpoint is written every epoch and `resume=True` continues
     from the newest one (same seed -> the same result as an uninterrupted run).
     `stop_after` ends the run after that many epochs of this call (for tests).
     """
     cfg.validate()
+    plan = validation_plan(teacher, cfg)  # a select / teacher mismatch fails here, before the teacher runs
     if key is None:
         key = jax.random.PRNGKey(cfg.seed)
     k_teacher, k_fit = jax.random.split(key)
@@ -575,12 +664,13 @@ def fit(
     state = init_state(cfg, k_fit)
     with ph["validation"]:  # the n-gram validator's reference samples are drawn here
         validator, val_kind = make_validator(teacher, cfg)
+    due = set(plan["epochs"])  # epochs validated (the last always is: the schedule ignores stop_after)
     history: list = []
     best, best_val = state.params, None
     if resume and out_dir and latest_checkpoint(out_dir):
         state, history, best = restore_checkpoint(latest_checkpoint(out_dir), state)
         vals = [h["val_divergence"] for h in history if h.get("val_divergence") is not None]
-        best_val = min(vals) if vals else None
+        best_val = min(vals) if vals else None  # the checkpoint's best params are the first epoch with it
     elif validator is not None:
         with ph["validation"]:
             best_val = validator(state.params)
@@ -614,14 +704,17 @@ def fit(
             "student_moved": np.asarray(stats["student_moved"]).tolist(),
             "seconds": time.perf_counter() - te,
         }
-        if validator is not None:
+        validated = validator is not None and rec["epoch"] in due
+        if validated:
             with ph["validation"]:
                 rec["val_divergence"] = validator(state.params)
             rec["val_kind"] = val_kind
-            if rec["val_divergence"] < best_val:
+            if best_val is None or rec["val_divergence"] < best_val:  # ties: the earlier epoch
                 best, best_val = state.params, rec["val_divergence"]
         else:
-            best = state.params
+            rec["val_divergence"] = None  # not a validated epoch (or select none): never selected
+            if validator is None:
+                best = state.params
         history.append(rec)
         done_now += 1
         if out_dir:
@@ -629,7 +722,7 @@ def fit(
                 save_checkpoint(out_dir, state, history, best)
         if bar is not None:
             post = {"loss": f"{loss:.4g}", "phi": f"[{phi.min():.3f}, {phi.max():.3f}]"}
-            if validator is not None:
+            if validated:
                 post[val_kind] = f"{rec['val_divergence']:.4g}"
             bar.set_postfix(post)
             bar.update(1)
@@ -637,6 +730,7 @@ def fit(
         bar.close()
     if history:
         history[0]["teacher_seconds"] = t_teacher
+        history[0]["validation"] = plan
         # wall-clock split (compile = JAX tracing + lowering + XLA compile inside the phase)
         history[0]["timing"] = {**{k: p.report() for k, p in ph.items()},
                                 "total_s": round(time.perf_counter() - t_all, 3),

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from lsd_jax import samplers
+from lsd_jax import samplers, sharding
 
 HELD_OUT_SEED0 = 10_000  # evaluation seeds start here, away from training / tuning seeds
 
@@ -17,7 +17,7 @@ def run_sampler(teacher, grid, *, sampler: str = "euler", phi=None, reading: str
     """Samples [num_samples, L] from `teacher` with the given grid [M + 1] and phi [M]."""
     out = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(seed),
                           num_samples, teacher.length, sampler=sampler, phi=phi, reading=reading, x64=x64)
-    return np.asarray(out.tokens)
+    return sharding.to_host(out.tokens)  # several hosts: a global array, gathered on each
 
 
 def evaluate_sampler(teacher, grid, *, sampler: str = "euler", phi=None, reading: str = "linear",

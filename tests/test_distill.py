@@ -81,11 +81,15 @@ def test_lsd_returns_plain_euler_on_exact_teacher():
     assert [h["epoch"] for h in hist] == [1, 2, 3] and all(np.isfinite(h["loss"]) for h in hist)
 
 
-def network_teacher(graph="absorb"):
+def network_teacher(graph="absorb", exact_metrics=True):
+    """The tiny network on the markov chain's graph; exact_metrics keeps the chain (so
+    teacher.exact is True and the exact divergence is available), False: a plain network
+    teacher (teacher.exact False, as a checkpoint)."""
     base = markov_teacher(graph=graph, vocab=8, length=12)
     model, net_params = tiny_score.make(base.graph.dim, 12)
     score_fn = lambda x, sb: model.apply({"params": net_params}, x, sb)
-    return Teacher(score_fn, base.graph, base.noise, 12, "tiny-net", base.chain), net_params
+    chain = base.chain if exact_metrics else None
+    return Teacher(score_fn, base.graph, base.noise, 12, "tiny-net", chain), net_params
 
 
 def test_only_phi_and_grid_are_optimised_and_gradients_reach_the_grid():
@@ -146,6 +150,11 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     (dict(reading="log"), "allowed: linear, temperature"),
     (dict(method="lsd++"), "allowed: lsd, lsd+"),
     (dict(batch_size=32, samples=16), "batch_size"),
+    (dict(val_every=0), "val_every must be an integer >= 1, got 0"),
+    (dict(val_every=1.5), "val_every must be an integer >= 1"),
+    (dict(val_reference_nfe=0), "val_reference_nfe must be an integer >= 1, got 0"),
+    (dict(val_samples=0), "val_samples must be 'auto' or an integer >= 1, got 0"),
+    (dict(val_samples="many"), "val_samples must be 'auto' or an integer >= 1, got 'many'"),
 ])
 def test_bad_config(change, needle):
     with pytest.raises(ValueError) as e:
@@ -229,3 +238,126 @@ def test_fit_never_returns_a_worse_sampler_than_it_started_with():
     np.testing.assert_allclose(params.grid(), hist[best]["grid"], rtol=1e-5, atol=1e-6)
     validate, kind = distill.make_validator(teacher, cfg)
     assert kind == "exact" and validate(params) == pytest.approx(min(vals), rel=1e-6) and min(vals) <= vals[0]
+
+
+# --- cheaper selection: val_every, val_reference_nfe, val_samples auto -------------------
+def test_validated_epochs_schedule():
+    assert distill.validated_epochs(7, 3) == [0, 3, 6, 7]
+    assert distill.validated_epochs(20, 5) == [0, 5, 10, 15, 20]
+    assert distill.validated_epochs(20, 1) == list(range(21))
+    assert distill.validated_epochs(4, 10) == [0, 4]
+
+
+def test_val_every_validates_0_k_2k_and_last_and_returns_the_best_of_those():
+    """LSD+ with a large learning rate on the exact teacher (the divergence moves between
+    epochs): only epochs 0, 3, 6, 7 are scored, the others are None, and the params returned
+    are those of the best scored epoch."""
+    teacher = markov_teacher(vocab=8, length=16)
+    cfg = distill.DistillConfig(method="lsd+", nfe=4, teacher_nfe=64, samples=32, batch_size=8, epochs=7, lr=0.3,
+                                select="exact", val_samples=512, val_every=3)
+    params, hist = distill.fit(teacher, cfg, progress=False)
+    assert [h["epoch"] for h in hist] == list(range(8))
+    scored = {h["epoch"]: h["val_divergence"] for h in hist if h["val_divergence"] is not None}
+    assert sorted(scored) == [0, 3, 6, 7]
+    assert all(hist[e]["val_divergence"] is None for e in (1, 2, 4, 5))
+    assert len(set(scored.values())) > 1  # the grid moved: the selection had a choice to make
+    best = min(scored, key=scored.get)
+    np.testing.assert_allclose(params.grid(), hist[best]["grid"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params.phi, hist[best]["phi"], rtol=1e-6)
+    validate, _ = distill.make_validator(teacher, cfg)
+    assert validate(params) == pytest.approx(scored[best], rel=1e-6)
+    for e in (1, 2, 4, 5):  # an unscored epoch is never returned (the grid moved every epoch)
+        assert not np.allclose(params.grid(), hist[e]["grid"], atol=1e-3)
+    assert hist[0]["validation"]["epochs"] == [0, 3, 6, 7] and hist[0]["validation"]["samples"] == 512
+    assert hist[0]["validation"]["forward_passes"] == 4 * 5 * 512  # 4 validations x (M + 1) calls, no reference
+
+
+def test_val_samples_auto_resolves_by_teacher_kind():
+    exact = markov_teacher(vocab=8, length=12)
+    net, _ = network_teacher(exact_metrics=False)
+    assert exact.exact and not net.exact
+    cfg = distill.DistillConfig(nfe=4, teacher_nfe=64)
+    assert cfg.val_samples == "auto"
+    assert cfg.resolved_val_samples(exact) == 1024
+    assert cfg.resolved_val_samples(net) == 256
+    plain = dataclasses.replace(cfg, val_samples=100)
+    assert plain.validate().resolved_val_samples(exact) == plain.resolved_val_samples(net) == 100
+    # the validators draw exactly that many samples; the n-gram reference has as many, at
+    # min(val_reference_nfe, teacher_nfe) teacher steps
+    v_exact, kind = distill.make_validator(exact, cfg)
+    assert kind == "exact" and v_exact.num_samples == 1024 and v_exact.reference is None
+    v_net, kind = distill.make_validator(net, cfg)
+    assert kind == "ngram" and v_net.num_samples == 256 and v_net.reference_nfe == 64
+    assert v_net.reference.shape == (256, 12)
+    plan = distill.validation_plan(net, dataclasses.replace(cfg, teacher_nfe=1024, epochs=20, nfe=8))
+    assert (plan["samples"], plan["reference_nfe"], len(plan["epochs"])) == (256, 256, 21)
+    assert plan["forward_passes"] == 21 * 9 * 256 + 256 * 256
+    plan5 = distill.validation_plan(net, dataclasses.replace(cfg, teacher_nfe=1024, epochs=20, nfe=8, val_every=5))
+    assert plan5["epochs"] == [0, 5, 10, 15, 20] and plan5["forward_passes"] == 5 * 9 * 256 + 256 * 256
+    assert distill.DistillConfig().to_dict()["val_samples"] == "auto"
+    json.dumps(distill.DistillConfig().to_dict())
+
+
+def test_reference_must_be_finer_than_the_student():
+    net, _ = network_teacher(exact_metrics=False)
+    cfg = distill.DistillConfig(nfe=8, teacher_nfe=64, val_reference_nfe=8, select="ngram")
+    with pytest.raises(ValueError, match="val_reference_nfe"):
+        distill.make_validator(net, cfg)
+    with pytest.raises(ValueError, match="val_reference_nfe"):
+        distill.fit(net, cfg, progress=False)
+
+
+def test_resume_with_val_every_reproduces_uninterrupted_run(tmp_path):
+    """Interrupted after epoch 3 (not a validated epoch: the checkpoint's best is epoch 2),
+    resumed: the same validations, the same selected params as one uninterrupted run."""
+    teacher, _ = network_teacher(exact_metrics=False)
+    cfg = distill.DistillConfig(method="lsd+", **{**SMALL, "epochs": 5, "lr": 0.1, "select": "ngram",
+                                                  "val_every": 2, "val_samples": 64, "val_reference_nfe": 32})
+    full, hist_full = distill.fit(teacher, cfg, out_dir=str(tmp_path / "a"), progress=False)
+    distill.fit(teacher, cfg, out_dir=str(tmp_path / "b"), progress=False, stop_after=3)  # "killed" after 3
+    assert distill.latest_checkpoint(str(tmp_path / "b")).endswith("epoch_0003")
+    resumed, hist_res = distill.fit(teacher, cfg, out_dir=str(tmp_path / "b"), resume=True, progress=False)
+    vals_full = [h["val_divergence"] for h in hist_full]
+    vals_res = [h["val_divergence"] for h in hist_res]
+    assert [h["epoch"] for h in hist_res] == [0, 1, 2, 3, 4, 5]
+    assert [v is None for v in vals_full] == [False, True, False, True, False, False]
+    assert [v is None for v in vals_res] == [v is None for v in vals_full]
+    np.testing.assert_allclose([v for v in vals_res if v is not None], [v for v in vals_full if v is not None],
+                               rtol=1e-5)
+    np.testing.assert_allclose(resumed.phi, full.phi, rtol=1e-6)
+    np.testing.assert_allclose(resumed.logits, full.logits, rtol=1e-6)
+    best = min((v, e) for e, v in enumerate(vals_full) if v is not None)[1]
+    assert best < 3  # the selected epoch lies before the interruption: resume must restore it
+    np.testing.assert_allclose(full.phi, hist_full[best]["phi"], rtol=1e-6)
+    np.testing.assert_allclose(full.grid(), hist_full[best]["grid"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--val-every", "0"], "--val-every must be an integer >= 1, got 0"),
+    (["--val-reference-nfe", "0"], "--val-reference-nfe must be an integer >= 1, got 0"),
+    (["--val-samples", "many"], "--val-samples must be 'auto' or an integer >= 1, got 'many'"),
+    (["--val-samples", "0"], "--val-samples must be 'auto' or an integer >= 1, got '0'"),
+])
+def test_distill_cli_validation_flag_errors(tmp_path, capsys, flags, needle):
+    argv = ["distill", "--teacher-vocab", "8", "--teacher-length", "12", "--nfe", "4", "--teacher-nfe", "32",
+            "--out", str(tmp_path / "run"), "--no-progress", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_distill_cli_val_every(tmp_path):
+    out = tmp_path / "run"
+    argv = ["distill", "--teacher", "markov", "--teacher-vocab", "8", "--teacher-length", "12", "--method", "lsd+",
+            "--nfe", "4", "--teacher-nfe", "32", "--epochs", "3", "--samples", "16", "--batch-size", "8",
+            "--val-every", "2", "--val-samples", "128", "--val-reference-nfe", "16", "--out", str(out),
+            "--eval-seeds", "0", "--no-progress"]
+    assert main(argv) == 0
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["val_divergence"] is None for h in hist] == [False, True, False, False]
+    res = json.loads((out / "result.json").read_text())
+    cfg = res["config"]
+    assert (cfg["val_every"], cfg["val_samples"], cfg["val_reference_nfe"]) == (2, 128, 16)
+    assert res["validation"]["epochs"] == [0, 2, 3] and res["validation"]["samples"] == 128
+    scored = {h["epoch"]: h["val_divergence"] for h in hist if h["val_divergence"] is not None}
+    assert res["selected_epoch"] == min(scored, key=scored.get)
