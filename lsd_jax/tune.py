@@ -45,6 +45,26 @@ def mmd_divergence(teacher, reference) -> Callable[[np.ndarray], float]:
     return lambda tokens: mmd(teacher.features(tokens), ref_feats, bandwidth=bandwidth)
 
 
+DIVERGENCES = ("exact", "ngram", "mmd")
+
+
+def make_divergence(name: str, teacher, reference=None) -> Callable[[np.ndarray], float]:
+    """The divergence `name` (exact | ngram | mmd) of samples [B, L]; ngram and mmd compare
+    with `reference` [B', L], the teacher's own many-step samples."""
+    from lsd_jax.divergences import ngram_divergence
+
+    if name not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {name!r}")
+    if name == "exact":
+        return exact_divergence(teacher)
+    if reference is None:
+        raise ValueError(f"divergence {name!r} needs reference samples (the teacher's many-step samples)")
+    if name == "mmd":
+        return mmd_divergence(teacher, reference)
+    ref = np.asarray(reference)
+    return lambda tokens: ngram_divergence(tokens, ref, teacher.graph.num_tokens)
+
+
 def _score(teacher, grid, phi, divergence, *, sampler, reading, crn_seeds, num_samples, x64,
            entropy_ref, entropy_band, entropy_base=None) -> tuple[float, dict]:
     vals, ents = [], []

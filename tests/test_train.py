@@ -195,3 +195,21 @@ def test_register_is_cheap_and_choices_match():
     code = "import sys, lsd_jax.train; assert 'jax' not in sys.modules, 'jax imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert train.GRAPHS == graphs.GRAPHS and train.NOISES == noise.NOISES
+
+
+def test_text_teacher_decodes_with_its_tokenizer_file(tmp_path):
+    """A text checkpoint's tokenizer.json names the tokenizer its samples decode with; mask
+    ids (>= num_tokens) are dropped, and a size mismatch is an error naming the file."""
+    import json
+
+    from lsd_jax.data.tokenizers import get_tokenizer
+    from lsd_jax.teachers.checkpoint import _named_decoder
+
+    f = tmp_path / "tokenizer.json"
+    f.write_text(json.dumps({"tokenizer": "char", "seq_len": 128}))
+    tok = get_tokenizer("char")
+    ids = tok.encode("it is a truth, universally acknowledged")
+    decode = _named_decoder(str(f), tok.vocab_size)
+    assert decode(np.asarray(ids + [tok.vocab_size])) == "it is a truth, universally acknowledged"
+    with pytest.raises(ValueError, match="tokenizer.json"):
+        _named_decoder(str(f), tok.vocab_size + 1)

@@ -13,6 +13,7 @@ from lsd_jax.teachers.markov import MarkovChain
 
 GPT2_TOKENS = 50257
 CHAIN_FILE = "chain.json"  # written by train-teacher for networks trained on a Markov chain
+TOKENIZER_FILE = "tokenizer.json"  # written by train-teacher for text teachers: {"tokenizer": name, "seq_len"}
 
 
 def _gpt2_decoder():
@@ -27,6 +28,19 @@ def _gpt2_decoder():
     return lambda ids: tok.decode([int(i) for i in np.asarray(ids) if 0 <= int(i) < GPT2_TOKENS])
 
 
+def _named_decoder(tok_file: str, num_tokens: int):
+    """Decode with the tokenizer named in a train-teacher tokenizer.json (ids >= num_tokens,
+    i.e. the mask, are dropped)."""
+    from lsd_jax.data.tokenizers import get_tokenizer
+
+    with open(tok_file) as f:
+        name = json.load(f)["tokenizer"]
+    tok = get_tokenizer(name)
+    if tok.vocab_size != num_tokens:
+        raise ValueError(f"{tok_file}: tokenizer {name!r} has {tok.vocab_size} tokens, the checkpoint {num_tokens}")
+    return lambda ids: tok.decode([int(i) for i in np.asarray(ids) if 0 <= int(i) < num_tokens])
+
+
 def load_teacher(path: str, dtype=None) -> Teacher:
     """Loads the checkpoint, builds its graph and noise, wraps the model as a score function."""
     from lsd_jax.models.dit import score_fn_from
@@ -35,6 +49,9 @@ def load_teacher(path: str, dtype=None) -> Teacher:
     model, params, cfg = sedd.load(path, dtype)
     graph, noise = sedd.build_core(cfg)
     decode = _gpt2_decoder() if cfg.num_tokens == GPT2_TOKENS else None
+    tok_file = os.path.join(path, TOKENIZER_FILE)
+    if os.path.exists(tok_file):  # a text teacher trained in the project: its own tokenizer
+        decode = _named_decoder(tok_file, graph.num_tokens)
     name = f"{cfg.family}-{cfg.graph}:{os.path.basename(os.path.normpath(path))}"
     chain = None
     chain_file = os.path.join(path, CHAIN_FILE)
