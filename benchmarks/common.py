@@ -35,6 +35,18 @@ def provenance() -> dict:
     }
 
 
+def bench_teacher(checkpoint=None, graph: str = "absorb", noise=None):
+    """The teacher of a benchmark: a checkpoint directory, else the default exact chain
+    (V 16, L 32, chain seed 0) on `graph`."""
+    if checkpoint:
+        from lsd_jax.teachers.checkpoint import load_teacher
+
+        return load_teacher(checkpoint)
+    from lsd_jax.teachers import markov_teacher
+
+    return markov_teacher(graph=graph, noise=noise)
+
+
 def write_results(name: str, payload: dict, markdown: str) -> tuple[str, str]:
     os.makedirs(RESULTS, exist_ok=True)
     jpath, mpath = os.path.join(RESULTS, name + ".json"), os.path.join(RESULTS, name + ".md")

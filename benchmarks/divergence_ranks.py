@@ -26,10 +26,9 @@ import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import provenance, write_results  # noqa: E402
+from common import bench_teacher, provenance, write_results  # noqa: E402
 
 from lsd_jax import grids, tune  # noqa: E402
-from lsd_jax.cli import load_teacher  # noqa: E402
 from lsd_jax.evaluate import run_sampler  # noqa: E402
 
 
@@ -48,9 +47,7 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
-    ns = argparse.Namespace(checkpoint=args.checkpoint, graph=args.graph, noise=None, teacher_vocab=16,
-                            teacher_length=32, teacher_seed=0)
-    teacher = load_teacher(ns)
+    teacher = bench_teacher(args.checkpoint, args.graph)
     if not teacher.exact:
         raise SystemExit("error: needs a teacher with an exact chain (the markov teacher or a chain checkpoint)")
     t0 = time.perf_counter()

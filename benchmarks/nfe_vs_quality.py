@@ -23,13 +23,12 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import provenance, write_results  # noqa: E402
+from common import bench_teacher, provenance, write_results  # noqa: E402
 
 from lsd_jax import distill, grids, tune  # noqa: E402
 from lsd_jax._compat import enable_x64  # noqa: E402
-from lsd_jax.cli import load_teacher  # noqa: E402
 from lsd_jax.divergences import ngram_divergence  # noqa: E402
-from lsd_jax.evaluate import HELD_OUT_SEED0, gap_closed, run_sampler  # noqa: E402
+from lsd_jax.evaluate import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
 from lsd_jax.teachers.markov import unigram_entropy  # noqa: E402
 
 LSD_VARIANTS = {  # name -> (method, loss, reading)
@@ -116,11 +115,7 @@ class Evaluator:
                 g = self.lm.gen_ppl(texts, progress=False)
                 m["genppl"], m["genppl_per_sample"] = g.ppl, g.ppl_per_sample_mean
             per_seed.append(m)
-        out = {"seeds": list(toks), "num_samples": self.args.samples}
-        for k in per_seed[0]:
-            vals = np.asarray([m[k] for m in per_seed], np.float64)
-            out[k] = float(vals.mean())
-            out[k + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        out = {"seeds": list(toks), "num_samples": self.args.samples, **mean_std(per_seed)}
         if self.teacher.decode is not None and self.args.show_samples > 0:
             out["decoded"] = [self.teacher.decode(t) for t in toks[self.seeds[0]][: self.args.show_samples]]
         return out
@@ -128,9 +123,7 @@ class Evaluator:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    ns = argparse.Namespace(checkpoint=args.checkpoint, graph=args.graph, noise=args.noise, teacher_vocab=16,
-                            teacher_length=32, teacher_seed=0)
-    teacher = load_teacher(ns)
+    teacher = bench_teacher(args.checkpoint, args.graph, args.noise)
     t_start = time.perf_counter()
     ev = Evaluator(teacher, args)
     seeds = ev.seeds

@@ -59,11 +59,9 @@ def _device_info() -> dict:
 
 
 def _primary() -> bool:
-    """Whether this process writes the output files: always, except on hosts other than
-    process 0 of a --distributed run (they may share the output directory)."""
-    import jax
+    from lsd_jax.sharding import is_primary
 
-    return jax.process_index() == 0
+    return is_primary()
 
 
 def _write_json(path: Optional[str], obj: dict) -> None:

@@ -463,21 +463,19 @@ def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[Samp
     min(val_reference_nfe, teacher_nfe) steps (attributes: num_samples, reference_nfe,
     reference).
     """
-    from lsd_jax.divergences import ngram_divergence
     from lsd_jax.evaluate import run_sampler
+    from lsd_jax.tune import make_divergence
 
     kind = _selection_kind(teacher, cfg)
     if kind == "none":
         return None, kind
     num_samples = cfg.resolved_val_samples(teacher)
     ref, ref_nfe = None, None
-    if kind == "exact":
-        div = lambda tok: teacher.metrics(tok)["bigram_kl"]
-    else:
+    if kind == "ngram":
         ref_nfe = min(cfg.val_reference_nfe, cfg.teacher_nfe)
         ref = run_sampler(teacher, grids.uniform(ref_nfe, cfg.eps), sampler=cfg.sampler,
                           seed=cfg.val_seed + 1, num_samples=num_samples, x64=cfg.x64)
-        div = lambda tok: ngram_divergence(tok, ref, teacher.graph.num_tokens)
+    div = make_divergence(kind, teacher, ref)
 
     def validate(params: SamplerParams) -> float:
         tok = run_sampler(teacher, params.grid(), sampler=cfg.sampler, phi=params.phi, reading=cfg.reading,
@@ -508,7 +506,7 @@ def save_checkpoint(out_dir: str, state: FitState, history: list, best: SamplerP
     tree = sharding_lib.global_tree(tree)  # several hosts: orbax saves global arrays only
     # several hosts share out_dir (orbax needs one directory all of them see): every host
     # writes its part of the checkpoint, process 0 alone writes the history and prunes
-    primary = jax.process_index() == 0
+    primary = sharding_lib.is_primary()
     if primary and os.path.exists(path):
         import shutil
 

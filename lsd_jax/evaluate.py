@@ -26,9 +26,13 @@ def evaluate_sampler(teacher, grid, *, sampler: str = "euler", phi=None, reading
     """Metrics per seed, and their mean and standard deviation across seeds."""
     per_seed = [teacher.metrics(run_sampler(teacher, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
                                             num_samples=num_samples, x64=x64)) for s in seeds]
-    keys = per_seed[0].keys()
-    out = {"seeds": list(seeds), "num_samples": num_samples, "per_seed": per_seed}
-    for k in keys:
+    return {"seeds": list(seeds), "num_samples": num_samples, "per_seed": per_seed, **mean_std(per_seed)}
+
+
+def mean_std(per_seed: Sequence[dict]) -> dict:
+    """{k: mean, k + "_std": sample std (0 for one seed)} over per-seed metric dicts."""
+    out = {}
+    for k in per_seed[0]:
         vals = np.asarray([m[k] for m in per_seed], np.float64)
         out[k] = float(vals.mean())
         out[k + "_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0

@@ -119,6 +119,12 @@ def global_tree(tree: Any) -> Any:
     return jax.tree_util.tree_map(put, tree)
 
 
+def is_primary() -> bool:
+    """Whether this process writes files that every host would write alike: always, except
+    on hosts other than process 0 of a multi-host run (they may share the directory)."""
+    return jax.process_index() == 0
+
+
 def to_host(a) -> np.ndarray:
     """A full numpy copy of a (possibly multi-host) global array on this host.
 
