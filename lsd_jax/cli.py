@@ -81,9 +81,8 @@ def cmd_sample(args) -> int:
 
     from lsd_jax import grids, samplers, sharding
 
-    teacher = load_teacher(args)  # the flags were checked by validate.sample_args
     phi, grid, params_info, reading = None, None, None, "linear"
-    if args.sampler_params:
+    if args.sampler_params:  # the file first: its errors before the teacher loads
         from lsd_jax import sampler_params as sp
 
         params = sp.load(args.sampler_params)
@@ -93,6 +92,7 @@ def cmd_sample(args) -> int:
         params_info = {"file": args.sampler_params, **params.describe()}
         if args.sampler != params.sampler:
             print(f"note: sampler params were learned for {params.sampler}, running {args.sampler}", file=sys.stderr)
+    teacher = load_teacher(args)  # the flags were checked by validate.sample_args
     if grid is None:
         grid = grids.get_grid(args.grid, args.nfe, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()

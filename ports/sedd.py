@@ -270,17 +270,18 @@ def map_state_dict(state: Mapping[str, np.ndarray], cfg: CheckpointConfig, sourc
         for e in table
         if e.key in state and not _is_float(state[e.key])
     ]
-    nonfinite = validate.nonfinite_tensors({e.key: state[e.key] for e in table
-                                           if e.key in state and _is_float(state[e.key])})
     parts = []
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                        ("mis-shaped keys", misshaped), ("non-float tensors", not_float),
-                        ("tensors with NaN or inf", nonfinite)):
+                        ("mis-shaped keys", misshaped), ("non-float tensors", not_float)):
         if keys:
             parts.append(f"{label}: {', '.join(keys)}")
     if parts:
         where = f"checkpoint {source}" if source else "checkpoint"
         raise CheckpointError(f"{where} does not match a {cfg.family} DiT ({_describe(cfg.dit)}): " + "; ".join(parts))
+    nonfinite = validate.nonfinite_tensors({e.key: state[e.key] for e in table})
+    if nonfinite:
+        where = f"checkpoint {source}" if source else "checkpoint"
+        raise CheckpointError(f"{where} has tensors with NaN or inf: {', '.join(nonfinite)}")
     _check_inv_freq(state, cfg.dit, buffers)
 
     params: dict = {}
