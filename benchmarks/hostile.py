@@ -87,6 +87,9 @@ def setup(w: str) -> dict:
     shutil.copy(os.path.join(p["hf"], "config.json"), p["hf_text"])
     with open(os.path.join(p["hf_text"], "pytorch_model.bin"), "w") as f:
         f.write("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 12\n")  # an LFS pointer
+    p["hf_badcfg"] = make_hf(os.path.join(w, "hf_badcfg"))
+    with open(os.path.join(p["hf_badcfg"], "config.json"), "w") as f:
+        f.write('{"tokens": 12, "model": ')
     p["conv"] = os.path.join(w, "conv")
     sedd.convert(p["hf"], p["conv"])
     import jax
@@ -107,6 +110,7 @@ def setup(w: str) -> dict:
                        "list": dict(whole=[1.0, 1.0, 1.0, 1.0]), "eps_str": dict(eps="abc"),
                        "eps_big": dict(eps=1.5), "eps_neg": dict(eps=-1e-4), "no_phi": dict(phi=None),
                        "grid_edited": dict(grid=[1.0, 0.9, 0.5, 0.1, 1e-4]), "short_logits": dict(logits=[0, 0]),
+                       "sampler_unknown": dict(sampler="heun"), "format_other": dict(format="other/9"),
                        "good": {}}.items():
         params_file(os.path.join(w, f"sp_{name}.json"), **edit)
     with open(os.path.join(w, "sp_notjson.json"), "w") as f:
@@ -174,7 +178,7 @@ def cases(p: dict) -> list:
         ("sample --sampler-params missing", [*SAMPLE, "--sampler-params", os.path.join(w, "nope.json")], "refuse", None),
         *[(f"sample --sampler-params {n}", [*SAMPLE, *MARKOV, "--sampler-params", sp(n)], "refuse", None)
           for n in ("phi_neg", "phi_zero", "phi_huge", "phi_nan", "list", "eps_str", "eps_big", "eps_neg", "no_phi",
-                    "grid_edited", "short_logits", "notjson")],
+                    "grid_edited", "short_logits", "notjson", "sampler_unknown", "format_other")],
         ("sample --sampler-params + --eps", [*SAMPLE, *MARKOV, "--sampler-params", sp("good"), "--eps", "1e-3"],
          "refuse", None),
         ("sample --sampler-params + --grid", [*SAMPLE, *MARKOV, "--sampler-params", sp("good"), "--grid", "cosine"],
@@ -184,6 +188,8 @@ def cases(p: dict) -> list:
         ("sample --sampler-params good", [*SAMPLE, *MARKOV, "--sampler-params", sp("good")], "ok", None),
         ("sample markov (control)", [*SAMPLE, *MARKOV, "--json", os.path.join(w, "out", "s.json")], "ok", None),
         ("sample --checkpoint missing", [*SAMPLE, "--checkpoint", os.path.join(w, "nope")], "refuse", None),
+        ("sample --checkpoint FILE", [*SAMPLE, "--checkpoint", p["file"]], "refuse", None),
+        ("sample --checkpoint bad config.json", [*SAMPLE, "--checkpoint", p["hf_badcfg"]], "refuse", None),
         ("sample --checkpoint NaN weight (HF)", [*SAMPLE, "--checkpoint", p["hf_nan"]], "refuse", None),
         ("sample --checkpoint truncated safetensors", [*SAMPLE, "--checkpoint", p["hf_trunc"]], "refuse", None),
         ("sample --checkpoint text pytorch_model.bin", [*SAMPLE, "--checkpoint", p["hf_text"]], "refuse", None),
@@ -224,6 +230,8 @@ def cases(p: dict) -> list:
                                                      "--out", d("d_graph")], "refuse", done_run("d_graph")),
         ("distill --resume after kill mid-save", [*DISTILL, "--resume", "--out", d("d_kill")], "ok",
          killed_in_save("d_kill")),
+        ("distill --resume with no earlier run", [*DISTILL, "--epochs", "1", "--resume", "--out", d("d_fresh")], "ok",
+         None),
         ("distill --out locked by a live run", [*DISTILL, "--out", d("d_lock")], "refuse", hold_lock("d_lock")),
         ("distill --out with a stale lock", [*DISTILL, "--out", d("d_stale")], "ok", stale_lock("d_stale")),
         # train-teacher
