@@ -122,6 +122,9 @@ DISTILL = ["distill", *MARKOV, "--nfe", "4", "--teacher-nfe", "16", "--epochs", 
            "--batch-size", "8", "--eval-seeds", "0", "--select", "none", "--no-progress"]
 TUNE = ["tune", *MARKOV, "--nfe", "4", "--teacher-nfe", "16", "--budget", "6", "--samples", "32",
         "--crn-seeds", "1", "--eval-seeds", "0", "--no-progress"]
+TRAIN = ["train-teacher", "--steps", "4", "--batch-size", "4", "--hidden-size", "16", "--n-blocks", "1", "--n-heads",
+         "2", "--cond-dim", "8", "--length", "8", "--vocab", "6", "--eval-every", "2", "--val-size", "8",
+         "--checkpoint-every", "2", "--final-repeats", "1", "--no-progress"]
 SAMPLE = ["sample", "--nfe", "4", "--num-samples", "16", "--show", "0"]
 
 
@@ -160,6 +163,14 @@ def cases(p: dict) -> list:
             ck = os.path.join(d(name), "checkpoints")
             shutil.copytree(os.path.join(ck, "epoch_0002"), os.path.join(ck, "epoch_0003.orbax-checkpoint-tmp-1234"))
             os.remove(os.path.join(ck, "epoch_0003.orbax-checkpoint-tmp-1234", "_CHECKPOINT_METADATA"))
+        return prep
+
+    def train_stopped(name, plant=False):
+        def prep():  # a run stopped (checkpointed) at step 2; plant: then killed while saving step 3
+            run([sys.executable, "-m", "lsd_jax.cli", *TRAIN, "--stop-at", "2", "--out", d(name)])
+            if plant:
+                st = os.path.join(d(name), "state")
+                shutil.copytree(os.path.join(st, "step_0002"), os.path.join(st, "step_0003.orbax-checkpoint-tmp-5"))
         return prep
 
     def done_run(name):
@@ -238,6 +249,12 @@ def cases(p: dict) -> list:
         ("train-teacher --out FILE", ["train-teacher", "--steps", "2", "--out", p["file"]], "refuse", None),
         ("train-teacher --out FILE/sub", ["train-teacher", "--steps", "2", "--out", os.path.join(p["file"], "s")],
          "refuse", None),
+        ("train-teacher --steps 0", [*TRAIN, "--steps", "0", "--out", d("tt_0")], "refuse", None),
+        ("train-teacher --out locked by a live run", [*TRAIN, "--out", d("tt_lock")], "refuse", hold_lock("tt_lock")),
+        ("train-teacher --resume other --lr", [*TRAIN, "--lr", "0.1", "--resume", "--out", d("tt_lr")], "refuse",
+         train_stopped("tt_lr")),
+        ("train-teacher --resume after kill mid-save", [*TRAIN, "--resume", "--out", d("tt_kill")], "ok",
+         train_stopped("tt_kill", plant=True)),
         # library
         ("lib: metrics of tokens of wrong length", ("py", lib + "t.metrics(jnp.zeros((4, 5), jnp.int32))"),
          "refuse", None),
