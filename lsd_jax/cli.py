@@ -26,7 +26,11 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler")
+    from lsd_jax.solvers import SOLVERS
+
+    p.add_argument("--sampler", choices=list(SOLVERS), default="euler",
+                   help="solver (lsd_jax.solvers): euler, tweedie (1 call/step), trapezoidal (2 calls/step), "
+                        "fhs (first-hitting, absorbing graph: one call per token, L in all)")
     p.add_argument("--eps", type=float, default=None, help=f"terminal time t_M (default {DEFAULT_EPS})")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampler")
     p.add_argument("--x64", action="store_true", help="float64 computation and categorical draws")
@@ -38,9 +42,7 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 def load_teacher(args):
     """Teacher from CLI args: --checkpoint DIR or the markov chain."""
-    from lsd_jax import teachers
-
-    from lsd_jax import validate
+    from lsd_jax import teachers, validate
 
     if getattr(args, "checkpoint", None):
         from lsd_jax.teachers import checkpoint as ckpt_teacher
@@ -81,20 +83,26 @@ def cmd_sample(args) -> int:
 
     from lsd_jax import grids, samplers, sharding
 
+    from lsd_jax.solvers import get_solver
+
+    solver = get_solver(args.sampler)
+    steps = solver.steps_for_nfe(args.nfe)  # NFE counts network calls: trapezoidal 8 NFE = 4 steps
     phi, grid, params_info, reading = None, None, None, "linear"
     if args.sampler_params:  # the file first: its errors before the teacher loads
         from lsd_jax import sampler_params as sp
 
         params = sp.load(args.sampler_params)
-        if params.nfe != args.nfe:
-            raise ValueError(f"--sampler-params {args.sampler_params} has nfe {params.nfe}, but --nfe is {args.nfe}")
+        if params.nfe != steps:
+            raise ValueError(f"--sampler-params {args.sampler_params} has {params.nfe} steps, but --nfe {args.nfe} "
+                             f"with --sampler {args.sampler} is {steps} steps")
         grid, phi, reading = params.grid(), params.phi, params.reading
         params_info = {"file": args.sampler_params, **params.describe()}
         if args.sampler != params.sampler:
             print(f"note: sampler params were learned for {params.sampler}, running {args.sampler}", file=sys.stderr)
     teacher = load_teacher(args)  # the flags were checked by validate.sample_args
+    solver.check_graph(teacher.graph)
     if grid is None:
-        grid = grids.get_grid(args.grid, args.nfe, args.eps, p=args.grid_p, noise=teacher.noise)
+        grid = grids.get_grid(args.grid, steps, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()
     out = samplers.sample(
         teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(args.seed), args.num_samples,
@@ -102,9 +110,12 @@ def cmd_sample(args) -> int:
     )
     tokens = sharding.to_host(jax.block_until_ready(out.tokens))  # several hosts: gathered on each
     seconds = time.perf_counter() - t0
+    if out.nfe != args.nfe:
+        print(f"note: {args.sampler} made {out.nfe} predictor calls (asked --nfe {args.nfe})", file=sys.stderr)
     result = {
         "nfe": out.nfe,
         "network_calls": out.network_calls,
+        "steps": out.nfe // solver.calls_per_step,
         "sampler": args.sampler,
         "graph": teacher.graph.name,
         "noise": teacher.noise.name,

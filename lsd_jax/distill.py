@@ -19,9 +19,9 @@ How one loss evaluation works (every choice below is ours where the paper is sil
    the student the teacher's consistent reveals of the first step, which rewards a grid
    that puts most reveals into that step -- the loss fell 4x while the exact divergence
    rose 4.6x. The student must live with its own first step, as it does when sampling.)
-3. Student pass: the core step (`samplers.step_probs` on `apply_phi(score)`), the next
-   state drawn from the student's own kernel (no gradient through the draw; drawn with
-   `samplers.draw` from the same kernel in log space). With B L V above REMAT_BYTES each
+3. Student pass: the core step (the solver's `kernel` on `apply_phi(score)`, its
+   probabilities `solvers.probs(kernel)`), the next state drawn from that same kernel
+   (`solvers.draw`; no gradient through the draw). With B L V above REMAT_BYTES each
    step is recomputed in the backward pass (jax.checkpoint) instead of keeping its
    [B, L, V] residuals. Minibatches are split over all devices (`lsd_jax.sharding`).
 4. Per-step loss at every step k = 0..M-1 (the last included), per position, between the
@@ -79,8 +79,9 @@ import optax
 
 from lsd_jax import grids, samplers
 from lsd_jax import sampler_params as sp_lib
+from lsd_jax import solvers as solvers_lib
 from lsd_jax.sampler_params import SamplerParams
-from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
+from lsd_jax.samplers import READINGS, check_choice
 
 Array = jnp.ndarray
 
@@ -96,7 +97,7 @@ class DistillConfig:
     """Distillation settings; defaults from the paper where it gives them."""
 
     method: str = "lsd"  # lsd: phi only; lsd+: phi and the time grid
-    sampler: str = "euler"  # student (and teacher) step: euler | tweedie
+    sampler: str = "euler"  # student (and teacher) step: a one-call solver (solvers.KERNEL_SOLVERS)
     nfe: int = 8  # student steps M
     teacher_nfe: int = 1024  # teacher steps N
     reading: str = "linear"  # linear: phi s; temperature: s^phi
@@ -124,7 +125,7 @@ class DistillConfig:
 
     def validate(self) -> "DistillConfig":
         check_choice("method", self.method, METHODS)
-        check_choice("sampler", self.sampler, SAMPLERS)
+        solvers_lib.get_solver(self.sampler, solvers_lib.KERNEL_SOLVERS)  # one-call kernels: euler | tweedie
         check_choice("reading", self.reading, READINGS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("select", self.select, SELECT)
@@ -317,6 +318,7 @@ def student_loss(
     Returns (loss, aux) with aux: per-step loss sums, teacher move mass, student reveals.
     """
     graph, noise = teacher.graph, teacher.noise
+    solver = solvers_lib.get_solver(cfg.sampler, solvers_lib.KERNEL_SOLVERS)
     grid = params.grid()  # [M + 1]
     m = cfg.nfe
     idx = _teacher_index(jax.lax.stop_gradient(grid[:-1]), cfg.teacher_nfe, cfg.eps)
@@ -329,9 +331,9 @@ def student_loss(
         sb = noise.total(tb)
         x_t = teacher_state(path, j, graph)
         ls_t = jax.lax.stop_gradient(teacher.score_fn(x_t, sb))
-        p_t = jax.lax.stop_gradient(samplers.step_probs(graph, noise, cfg.sampler, x_t, ls_t, tb, tnb))
+        p_t = jax.lax.stop_gradient(solvers_lib.probs(solver.kernel(graph, noise, x_t, ls_t, tb, tnb)))
         ls_s = samplers.apply_phi(x_s, teacher.score_fn(x_s, sb), phi_k, cfg.reading)
-        p_s = samplers.step_probs(graph, noise, cfg.sampler, x_s, ls_s, tb, tnb)
+        p_s = solvers_lib.probs(solver.kernel(graph, noise, x_s, ls_s, tb, tnb))
         if graph.is_absorbing:
             scored = (x_s == graph.mask_id) & (x_t == graph.mask_id)
         else:
@@ -339,10 +341,10 @@ def student_loss(
         per_pos = position_loss(cfg.loss, p_t, p_s, x_t, x_s, ls_t, ls_s)
         stay_t = jnp.take_along_axis(p_t, x_t[..., None], -1)[..., 0]
         moved_t = jnp.where(scored, 1.0 - stay_t, 0.0).sum()
-        # the student's own next state, drawn from the log-space kernel (same distribution as
-        # p_s; no [B, L, V] noise above samplers.FLAT_VOCAB_MAX; the same uniforms below it)
-        kern = samplers.step_kernel(graph, noise, cfg.sampler, x_s, jax.lax.stop_gradient(ls_s), tb, tnb)
-        x_next = samplers.draw(jax.random.fold_in(k_steps, k), kern)
+        # the student's own next state, drawn from the same kernel (p_s is its probabilities;
+        # no [B, L, V] noise above solvers.FLAT_VOCAB_MAX; the same uniforms below it)
+        kern = solver.kernel(graph, noise, x_s, jax.lax.stop_gradient(ls_s), tb, tnb)
+        x_next = solvers_lib.draw(jax.random.fold_in(k_steps, k), kern)
         reveals = (x_next != x_s).sum()
         return x_next, (jnp.where(scored, per_pos, 0.0).sum(), moved_t, reveals)
 

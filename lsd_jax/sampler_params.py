@@ -4,7 +4,8 @@ phi    [M]  per-step score coefficient (1 = the plain sampler).
 logits [M]  LSD+ time grid: t = grids.from_logits(logits, eps), monotone in (eps, 1]
             for any finite logits; zeros give the uniform grid.
 The file is a small JSON document that `lsd-jax sample --sampler-params FILE` and
-`lsd_jax.sample(...)` (via `.grid()` and `.phi`) accept, whatever method made it.
+`lsd_jax.samplers.sample(..., params, ...)` (in the grid's place: grid, phi, reading and
+solver travel together) accept, whatever method made it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax import grids
-from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
+from lsd_jax.samplers import READINGS, check_choice
+from lsd_jax.solvers import SOLVERS as SAMPLERS
+from lsd_jax.solvers import Solver, get_solver
 
 FORMAT = "lsd-jax-sampler-params/1"
 
@@ -33,7 +36,13 @@ class SamplerParams:
 
     @property
     def nfe(self) -> int:
+        """Steps M (network calls: M x solver.calls_per_step)."""
         return int(self.phi.shape[0])
+
+    @property
+    def solver(self) -> Solver:
+        """The solver object of `sampler` (lsd_jax.solvers)."""
+        return get_solver(self.sampler)
 
     def grid(self) -> jnp.ndarray:
         """Time grid [M + 1] from t_0 = 1 to t_M = eps."""

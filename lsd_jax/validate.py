@@ -237,21 +237,31 @@ def tokens(x, num_tokens: int, length: Optional[int], what: str, batch: Optional
     return a
 
 
+def score_shape(score, want: tuple, what: str):
+    """`score` unchanged if its shape is `want` (checked on abstract values too: at trace time)."""
+    if tuple(score.shape) != tuple(want):
+        raise InputError(f"the score function returns shape {list(score.shape)}, but {what} needs "
+                         f"{list(want)} (x [B, L] -> log score [B, L, dim])")
+    return score
+
+
 def is_concrete(x) -> bool:
     import jax
 
     return not isinstance(x, jax.core.Tracer)
 
 
-def phi(p, where: str = "phi") -> None:
-    """phi [M] finite and > 0 (a concrete array; traced values are the caller's to guard)."""
-    if p is None or not is_concrete(p):
+def phi(p, reading: str = "linear", where: str = "phi") -> None:
+    """phi [M] finite, and > 0 under the linear reading (phi s is a rate); a concrete array
+    only: traced values are guarded by the sampler loop's non-finite flag."""
+    if p is None or not is_concrete(p) or not getattr(p, "is_fully_addressable", True):
         return
     a = np.asarray(p, np.float64)
-    bad = np.flatnonzero(~np.isfinite(a) | (a <= 0))
+    bad = np.flatnonzero(~np.isfinite(a) | ((a <= 0) if reading == "linear" else False))
     if bad.size:
-        raise InputError(f"{where} must be finite and > 0 (a score coefficient); entries {bad.tolist()} are "
-                         f"{a[bad].tolist()}")
+        need = "finite and > 0 (a score coefficient under the linear reading)" if reading == "linear" else "finite"
+        err = NonFiniteInput if not np.all(np.isfinite(a)) else InputError
+        raise err(f"{where} must be {need}; entries {bad.tolist()} are {a[bad].tolist()}")
 
 
 def probe_score(teacher, times: Iterable[float] = (1.0, 0.5, 1e-3), batch: int = 2, what: str = "teacher") -> None:
