@@ -79,8 +79,11 @@ import optax
 
 from lsd_jax import grids, samplers
 from lsd_jax import sampler_params as sp_lib
+from lsd_jax.divergences import make_divergence
+from lsd_jax.eval.sampling import run_sampler
 from lsd_jax.sampler_params import SamplerParams
 from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
+from lsd_jax.teachers.base import ScoreModel, check_model, is_exact, with_score_fn
 
 Array = jnp.ndarray
 
@@ -153,7 +156,7 @@ class DistillConfig:
     def resolved_val_samples(self, teacher) -> int:
         """val_samples as an int: "auto" is 1024 on an exact teacher, 256 on a network teacher."""
         if self.val_samples == "auto":
-            return AUTO_VAL_SAMPLES["exact" if teacher.exact else "network"]
+            return AUTO_VAL_SAMPLES["exact" if is_exact(teacher) else "network"]
         return int(self.val_samples)
 
     def to_dict(self) -> dict:
@@ -179,8 +182,8 @@ def _selection_kind(teacher, cfg: DistillConfig) -> str:
     errors for a combination that cannot work."""
     kind = cfg.select
     if kind == "auto":
-        kind = "exact" if teacher.exact else "ngram"
-    if kind == "exact" and not teacher.exact:
+        kind = "exact" if is_exact(teacher) else "ngram"
+    if kind == "exact" and not is_exact(teacher):
         raise ValueError("select 'exact' needs an exact teacher (--teacher markov); use 'ngram'")
     if kind == "ngram" and min(cfg.val_reference_nfe, cfg.teacher_nfe) <= cfg.nfe:
         raise ValueError(f"val_reference_nfe ({cfg.val_reference_nfe}, capped at teacher_nfe {cfg.teacher_nfe}) "
@@ -365,27 +368,33 @@ class FitState(NamedTuple):
     key: Array
 
 
-def _optimizer(cfg: DistillConfig) -> optax.GradientTransformation:
-    # eps 1e-6 (optax: 1e-8): Adam would blow float32 round-off in an exactly-zero
-    # gradient up to lr-sized steps; real gradients here are >= 1e-4.
-    return optax.adam(cfg.lr, eps=1e-6)
+def _leaf_labels(params: SamplerParams) -> SamplerParams:
+    return params.replace(phi="phi", logits="logits")
 
 
-def _grad_mask(cfg: DistillConfig, epoch: Array) -> SamplerParams:
-    """Which leaves this epoch updates: phi (always for lsd), logits (lsd+), alternating."""
+def optimizer(cfg: DistillConfig) -> optax.GradientTransformation:
+    """Adam on the leaves this method trains (optax.partition): lsd trains phi and freezes
+    the grid logits (set_to_zero); lsd+ trains both; lsd+ with `alternate` trains phi on
+    even epochs and the logits on odd ones (optax.transforms.conditionally_mask on the
+    update count: a frozen leaf's Adam state, moments and count, is left as it is).
+    eps 1e-6 (optax: 1e-8): Adam would blow float32 round-off in an exactly-zero gradient
+    up to lr-sized steps; real gradients here are >= 1e-4."""
+    adam = optax.adam(cfg.lr, eps=1e-6)
     if cfg.method == "lsd":
-        return 1.0, 0.0
-    if cfg.alternate:
-        even = (epoch % 2 == 0).astype(jnp.float32)
-        return even, 1.0 - even
-    return 1.0, 1.0
+        return optax.partition({"phi": adam, "logits": optax.set_to_zero()}, _leaf_labels)
+    if not cfg.alternate:
+        return adam
+    n_batches = cfg.samples // cfg.batch_size  # updates per epoch: the epoch is count // n_batches
+    on_parity = lambda parity: lambda count: (count // n_batches) % 2 == parity  # noqa: E731
+    return optax.partition({"phi": optax.transforms.conditionally_mask(adam, on_parity(0)),
+                            "logits": optax.transforms.conditionally_mask(adam, on_parity(1))}, _leaf_labels)
 
 
-def _project(params: SamplerParams, cfg: DistillConfig) -> SamplerParams:
-    return params.replace(
-        phi=jnp.clip(params.phi, cfg.phi_min, cfg.phi_max),
-        logits=jnp.clip(params.logits, -cfg.logit_bound, cfg.logit_bound),
-    )
+def project(params: SamplerParams, cfg: DistillConfig) -> SamplerParams:
+    """params on the box phi in [phi_min, phi_max], logits in [-logit_bound, logit_bound]."""
+    lower = params.replace(phi=cfg.phi_min, logits=-cfg.logit_bound)
+    upper = params.replace(phi=cfg.phi_max, logits=cfg.logit_bound)
+    return optax.projections.projection_box(params, lower, upper)
 
 
 def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto") -> Callable[[FitState], tuple[FitState, dict]]:
@@ -397,7 +406,7 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
     """
     from lsd_jax import sharding as sharding_lib
 
-    opt = _optimizer(cfg)
+    opt = optimizer(cfg)
     n_batches = cfg.samples // cfg.batch_size
     score_arg = samplers.as_pytree_fn(teacher.score_fn)  # network params: an argument, not constants
     if mesh == "auto":
@@ -408,12 +417,11 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
 
     @jax.jit
     def epoch_fn_(state: FitState, score_fn, cache: TeacherCache) -> tuple[FitState, dict]:
-        loss_fn = functools.partial(student_loss, teacher=dataclasses.replace(teacher, score_fn=score_fn), cfg=cfg)
+        loss_fn = functools.partial(student_loss, teacher=with_score_fn(teacher, score_fn), cfg=cfg)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         k_epoch = jax.random.fold_in(state.key, state.epoch)
         k_perm, k_start, k_loss = jax.random.split(k_epoch, 3)
         perm = jax.random.permutation(k_perm, cfg.samples)[: n_batches * cfg.batch_size].reshape(n_batches, -1)
-        w_phi, w_logits = _grad_mask(cfg, state.epoch)
 
         def batch_step(carry, inputs):
             params, opt_state = carry
@@ -424,12 +432,9 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
             path = path_rows(cache.path, rows)
             path = pin(path) if isinstance(path, RevealPath) else pin(path, 1)
             (loss, aux), g = grad_fn(params, path, pin(x0), jax.random.fold_in(k_loss, b))
-            g = g.replace(phi=g.phi * w_phi, logits=g.logits * w_logits)
-            updates, opt_state = opt.update(g, opt_state, params)
-            # mask the updates too: Adam's momentum would move a frozen leaf
-            updates = updates.replace(phi=updates.phi * w_phi, logits=updates.logits * w_logits)
-            params = _project(optax.apply_updates(params, updates), cfg)
-            gnorm = optax.tree.norm(g)
+            updates, opt_state = opt.update(g, opt_state, params)  # frozen leaves: zero updates (`optimizer`)
+            params = project(optax.apply_updates(params, updates), cfg)
+            gnorm = optax.tree.norm(g)  # of the whole gradient, frozen leaves included
             return (params, opt_state), (loss, gnorm, aux["student_moved"])
 
         (params, opt_state), (losses, gnorms, moved) = jax.lax.scan(
@@ -452,7 +457,7 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
 
 def init_state(cfg: DistillConfig, key: Array, grid=None) -> FitState:
     params = sp_lib.init(cfg.nfe, cfg.eps, cfg.sampler, cfg.reading, grid=grid)
-    return FitState(params, _optimizer(cfg).init(params), jnp.asarray(0, jnp.int32), key)
+    return FitState(params, optimizer(cfg).init(params), jnp.asarray(0, jnp.int32), key)
 
 
 def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[SamplerParams], float]], str]:
@@ -463,9 +468,6 @@ def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[Samp
     min(val_reference_nfe, teacher_nfe) steps (attributes: num_samples, reference_nfe,
     reference).
     """
-    from lsd_jax.evaluate import run_sampler
-    from lsd_jax.tune import make_divergence
-
     kind = _selection_kind(teacher, cfg)
     if kind == "none":
         return None, kind
@@ -625,9 +627,28 @@ class _Phase:
                 "run_s": round(self.wall - self.compile, 3), "calls": self.count}
 
 
-# --- fit --------------------------------------------------------------------------------
+# --- fit ------------------------------------------------------------------------------
+class FitResult(NamedTuple):
+    """What `fit` returns. history[e] is epoch e's record (e = 0: the starting sampler,
+    validated unless select is "none"); plan is `validation_plan`; timing the wall-clock
+    (and compile) split per phase. Unpacks as (params, history)."""
+
+    params: SamplerParams
+    history: list
+    plan: dict
+    timing: dict
+
+    def __iter__(self):  # `params, history = fit(...)`
+        return iter((self.params, self.history))
+
+
+def _record(epoch: int, params: SamplerParams, **fields) -> dict:
+    return {"epoch": epoch, **fields, "phi": np.asarray(params.phi).tolist(),
+            "grid": np.asarray(params.grid(), np.float64).tolist()}
+
+
 def fit(
-    teacher,
+    teacher: ScoreModel,
     cfg: DistillConfig,
     key: Optional[Array] = None,
     *,
@@ -635,20 +656,22 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     stop_after: Optional[int] = None,
-) -> tuple[SamplerParams, list]:
-    """Distils an M-step student from the N-step teacher; returns (params, history).
+) -> FitResult:
+    """Distils an M-step student from the N-step teacher (any `ScoreModel`: score_fn, graph,
+    noise, length); returns a `FitResult` (params, history, plan, timing).
 
     The params returned are the best validated epoch on the validation divergence
     (cfg.select; 'none': the last epoch). Validated: epoch 0, every cfg.val_every-th epoch
     and the last (`validated_epochs`); the others have val_divergence None. history[e]
-    holds epoch e's loss, phi, grid, divergence; history[0]["validation"] the plan
-    (`validation_plan`: kind, samples, reference steps, epochs, forward passes).
+    holds epoch e's loss (None at epoch 0), phi, grid, divergence; history[0] also the plan
+    ("validation") and "timing".
 
     With out_dir, an orbax checkpoint is written every epoch and `resume=True` continues
     from the newest one (same seed -> the same result as an uninterrupted run).
     `stop_after` ends the run after that many epochs of this call (for tests).
     """
     cfg.validate()
+    check_model(teacher)  # a wrong score function fails here, named, before any compile
     plan = validation_plan(teacher, cfg)  # a select / teacher mismatch fails here, before the teacher runs
     if key is None:
         key = jax.random.PRNGKey(cfg.seed)
@@ -658,23 +681,21 @@ def fit(
     with ph["teacher"]:
         cache = teacher_cache(teacher, cfg, k_teacher)
         jax.block_until_ready(cache.path)
-    t_teacher = ph["teacher"].wall
     state = init_state(cfg, k_fit)
     with ph["validation"]:  # the n-gram validator's reference samples are drawn here
         validator, val_kind = make_validator(teacher, cfg)
     due = set(plan["epochs"])  # epochs validated (the last always is: the schedule ignores stop_after)
-    history: list = []
     best, best_val = state.params, None
     if resume and out_dir and latest_checkpoint(out_dir):
         state, history, best = restore_checkpoint(latest_checkpoint(out_dir), state)
         vals = [h["val_divergence"] for h in history if h.get("val_divergence") is not None]
         best_val = min(vals) if vals else None  # the checkpoint's best params are the first epoch with it
-    elif validator is not None:
-        with ph["validation"]:
-            best_val = validator(state.params)
-        history.append({"epoch": 0, "loss": None, "val_divergence": best_val, "val_kind": val_kind,
-                        "phi": np.asarray(state.params.phi).tolist(),
-                        "grid": np.asarray(state.params.grid(), np.float64).tolist()})
+    else:
+        if validator is not None:
+            with ph["validation"]:
+                best_val = validator(state.params)
+        history = [_record(0, state.params, loss=None, val_divergence=best_val,
+                           **({"val_kind": val_kind} if validator is not None else {}))]
     epoch_fn = make_epoch_fn(teacher, cfg, cache)
     bar = None
     if progress:
@@ -693,15 +714,8 @@ def fit(
                 f"non-finite loss or sampler parameter at epoch {int(state.epoch)} (loss={loss}, phi={phi}); "
                 "lower the learning rate or use --x64"
             )
-        rec = {
-            "epoch": int(state.epoch),
-            "loss": loss,
-            "grad_norm": float(stats["grad_norm"]),
-            "phi": phi.tolist(),
-            "grid": np.asarray(state.params.grid(), np.float64).tolist(),
-            "student_moved": np.asarray(stats["student_moved"]).tolist(),
-            "seconds": time.perf_counter() - te,
-        }
+        rec = _record(int(state.epoch), state.params, loss=loss, grad_norm=float(stats["grad_norm"]),
+                      student_moved=np.asarray(stats["student_moved"]).tolist(), seconds=time.perf_counter() - te)
         validated = validator is not None and rec["epoch"] in due
         if validated:
             with ph["validation"]:
@@ -726,11 +740,10 @@ def fit(
             bar.update(1)
     if bar is not None:
         bar.close()
-    if history:
-        history[0]["teacher_seconds"] = t_teacher
-        history[0]["validation"] = plan
-        # wall-clock split (compile = JAX tracing + lowering + XLA compile inside the phase)
-        history[0]["timing"] = {**{k: p.report() for k, p in ph.items()},
-                                "total_s": round(time.perf_counter() - t_all, 3),
-                                "devices": jax.device_count(), **memory_report()}
-    return best, history
+    # wall-clock split (compile = JAX tracing + lowering + XLA compile inside the phase)
+    timing = {**{k: p.report() for k, p in ph.items()}, "total_s": round(time.perf_counter() - t_all, 3),
+              "devices": jax.device_count(), **memory_report()}
+    history[0]["teacher_seconds"] = ph["teacher"].wall
+    history[0]["validation"] = plan
+    history[0]["timing"] = timing
+    return FitResult(best, history, plan, timing)

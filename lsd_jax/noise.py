@@ -68,6 +68,7 @@ class Geometric:
 
 Noise = Union[LogLinear, Geometric]
 NOISES = ("loglinear", "geometric")
+DEFAULT_NOISE = {"absorb": "loglinear", "uniform": "geometric"}  # per graph name: SEDD's recipes
 
 
 def get_noise(name: str, **kwargs) -> Noise:

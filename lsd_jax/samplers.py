@@ -42,7 +42,7 @@ import numpy as np
 
 from lsd_jax import grids as grids_lib
 from lsd_jax._compat import x64_enabled
-from lsd_jax.graphs import Graph, _is
+from lsd_jax.graphs import Graph, is_token
 from lsd_jax.noise import Noise
 
 Array = jnp.ndarray
@@ -71,7 +71,7 @@ def apply_phi(x: Array, log_score: Array, phi: Array, reading: str = "linear") -
         scaled = log_score * phi
     else:
         check_choice("reading", reading, READINGS)
-    return jnp.where(_is(x, log_score.shape[-1]), 0.0, scaled)
+    return jnp.where(is_token(x, log_score.shape[-1]), 0.0, scaled)
 
 
 def normalize(probs: Array) -> Array:
@@ -86,7 +86,7 @@ def euler_probs(graph: Graph, x: Array, score: Array, rate_dt: Array) -> Array:
     x [B, L], score [B, L, dim] (linear), rate_dt [B] = (t_k - t_{k+1}) sigma(t_k).
     """
     rev = graph.reverse_rate(x, score) * rate_dt[:, None, None]
-    return jnp.where(_is(x, graph.dim), 1.0 + rev, rev)
+    return jnp.where(is_token(x, graph.dim), 1.0 + rev, rev)
 
 
 def tweedie_probs(graph: Graph, x: Array, score: Array, dsigma: Array) -> Array:
@@ -374,7 +374,9 @@ def sample(
     for the same key.
     """
     from lsd_jax import sharding as sharding_lib
+    from lsd_jax.teachers.base import check_score_fn
 
+    check_score_fn(score_fn, graph, length)  # once per function: a named error before any compile
     check_choice("sampler", sampler, SAMPLERS)
     check_choice("reading", reading, READINGS)
     g = grids_lib.validate(grid)
@@ -387,7 +389,7 @@ def sample(
     if x64 and not x64_enabled():
         raise ValueError(
             "x64=True draws in float64 and needs jax x64: wrap the call in "
-            "lsd_jax._compat.enable_x64() or set JAX_ENABLE_X64=1 (CLI: --x64)"
+            "lsd_jax.enable_x64() or set JAX_ENABLE_X64=1 (CLI: --x64)"
         )
     if return_reveal and not graph.is_absorbing:
         raise ValueError("return_reveal needs the absorbing graph (uniform-graph tokens can move more than once)")

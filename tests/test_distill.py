@@ -78,7 +78,8 @@ def test_lsd_returns_plain_euler_on_exact_teacher():
                                                  jax.random.PRNGKey(9), 512, 12, phi=phi).tokens)
     assert np.mean(run(params.phi) == run(None)) > 0.999
     np.testing.assert_array_equal(params.logits, jnp.zeros(4))  # lsd never moves the grid
-    assert [h["epoch"] for h in hist] == [1, 2, 3] and all(np.isfinite(h["loss"]) for h in hist)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3] and hist[0]["loss"] is None  # history[e] is epoch e
+    assert all(np.isfinite(h["loss"]) for h in hist[1:])
 
 
 def network_teacher(graph="absorb", exact_metrics=True):
@@ -109,10 +110,11 @@ def test_alternating_updates():
     teacher, _ = network_teacher()
     cfg = distill.DistillConfig(method="lsd+", alternate=True, **{**SMALL, "epochs": 2})
     _, hist = distill.fit(teacher, cfg, progress=False)
-    g0 = np.asarray(hist[0]["grid"])
-    np.testing.assert_allclose(g0, grids.uniform(4, cfg.eps), atol=1e-6)  # epoch 1: phi only
-    assert not np.allclose(hist[1]["grid"], g0)
-    np.testing.assert_array_equal(hist[0]["phi"], hist[1]["phi"])  # epoch 2: grid only
+    g1 = np.asarray(hist[1]["grid"])
+    np.testing.assert_allclose(g1, grids.uniform(4, cfg.eps), atol=1e-6)  # epoch 1: phi only
+    assert not np.allclose(hist[1]["phi"], hist[0]["phi"])
+    assert not np.allclose(hist[2]["grid"], g1)
+    np.testing.assert_array_equal(hist[1]["phi"], hist[2]["phi"])  # epoch 2: grid only
 
 
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
@@ -139,8 +141,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     resumed, hist_res = distill.fit(teacher, cfg, out_dir=str(tmp_path / "b"), resume=True, progress=False)
     np.testing.assert_allclose(resumed.phi, full.phi, rtol=1e-6)
     np.testing.assert_allclose(resumed.logits, full.logits, rtol=1e-6)
-    assert [h["epoch"] for h in hist_res] == [1, 2, 3, 4]
-    np.testing.assert_allclose([h["loss"] for h in hist_res], [h["loss"] for h in hist_full], rtol=1e-5)
+    assert [h["epoch"] for h in hist_res] == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose([h["loss"] for h in hist_res[1:]], [h["loss"] for h in hist_full[1:]], rtol=1e-5)
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -34,12 +34,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lsd_jax.graphs import _expm1_stable, _is
+from lsd_jax.graphs import GRAPHS, expm1_stable, is_token
 
 Array = jnp.ndarray
 
 FAMILIES = ("sedd", "mdlm", "radd")
-GRAPHS = ("absorb", "uniform")
 DTYPES = ("float32", "bfloat16")
 FREQ_DIM = 256  # size of the sinusoidal timestep embedding fed to sigma_map
 ROPE_BASE = 10000.0
@@ -440,14 +439,14 @@ def output_transform(cfg: DiTConfig, logits: Array, x: Array, sigmabar: Array) -
     v = cfg.vocab_size
     if cfg.family == "sedd":
         if cfg.scale_by_sigma:
-            esigm1_log = jnp.log(_expm1_stable(sigmabar))[:, None, None]
+            esigm1_log = jnp.log(expm1_stable(sigmabar))[:, None, None]
             logits = logits - esigm1_log - math.log(v - 1)
-        return jnp.where(_is(x, v), 0.0, logits)
+        return jnp.where(is_token(x, v), 0.0, logits)
     if cfg.family == "mdlm":  # "subs"
         mask = v - 1
         logits = jnp.where(jnp.arange(v) == mask, logits + NEG_INF, logits)
         logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-        return jnp.where((x != mask)[..., None], jnp.where(_is(x, v), 0.0, NEG_INF), logp)
+        return jnp.where((x != mask)[..., None], jnp.where(is_token(x, v), 0.0, NEG_INF), logp)
     # radd: log_softmax over the data ids, raw mask logit kept last
     return jnp.concatenate([jax.nn.log_softmax(logits[..., :-1], axis=-1), logits[..., -1:]], axis=-1)
 
@@ -488,10 +487,10 @@ def _score(model: DiT, cfg: DiTConfig, params: Any, x: Array, sigmabar: Array) -
     v = cfg.vocab_size
     mask = v - 1
     sigmabar = jnp.asarray(sigmabar, jnp.float32)
-    log_s = out - jnp.log(_expm1_stable(sigmabar))[:, None, None]
+    log_s = out - jnp.log(expm1_stable(sigmabar))[:, None, None]
     is_mask_id = jnp.arange(v) == mask
     masked = jnp.where(is_mask_id, 0.0, log_s)
-    unmasked = jnp.where(_is(x, v), 0.0, NEG_INF)
+    unmasked = jnp.where(is_token(x, v), 0.0, NEG_INF)
     return jnp.where((x == mask)[..., None], masked, unmasked)
 
 
