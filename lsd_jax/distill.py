@@ -81,6 +81,7 @@ from lsd_jax import grids, samplers
 from lsd_jax import sampler_params as sp_lib
 from lsd_jax.divergences import make_divergence
 from lsd_jax.eval.sampling import run_sampler
+from lsd_jax.graphs import is_token
 from lsd_jax.sampler_params import SamplerParams
 from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
 from lsd_jax.teachers.base import ScoreModel, check_model, is_exact, with_score_fn
@@ -285,7 +286,7 @@ def _xlogy_ratio(p: Array, q: Array) -> Array:
 
 def _renorm_moves(p: Array, x: Array) -> Array:
     """The kernel over moves only: the stay entry removed, renormalised (0 if no move mass)."""
-    off = jnp.where(jnp.arange(p.shape[-1]) == x[..., None], 0.0, p)
+    off = jnp.where(is_token(x, p.shape[-1]), 0.0, p)
     total = off.sum(-1, keepdims=True)
     safe = jnp.where(total > 0, total, 1.0)  # no 0/0 in the backward pass
     return jnp.where(total > 0, off / safe, 0.0)
@@ -299,7 +300,7 @@ def position_loss(kind: str, p_t: Array, p_s: Array, x_t: Array, x_s: Array, ls_
         return _xlogy_ratio(_renorm_moves(p_t, x_t), _renorm_moves(p_s, x_s)).sum(-1)
     if kind == "l2":
         d = p_t.shape[-1]
-        keep = (jnp.arange(d) != x_t[..., None]) & (jnp.arange(d) != x_s[..., None])
+        keep = ~is_token(x_t, d) & ~is_token(x_s, d)
         return jnp.where(keep, (jnp.exp(ls_s) - jnp.exp(ls_t)) ** 2, 0.0).sum(-1)
     check_choice("loss", kind, LOSSES)
 
@@ -432,7 +433,8 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
             path = path_rows(cache.path, rows)
             path = pin(path) if isinstance(path, RevealPath) else pin(path, 1)
             (loss, aux), g = grad_fn(params, path, pin(x0), jax.random.fold_in(k_loss, b))
-            updates, opt_state = opt.update(g, opt_state, params)  # frozen leaves: zero updates (`optimizer`)
+            with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: python float ** int32 count
+                updates, opt_state = opt.update(g, opt_state, params)  # frozen leaves: zero updates (`optimizer`)
             params = project(optax.apply_updates(params, updates), cfg)
             gnorm = optax.tree.norm(g)  # of the whole gradient, frozen leaves included
             return (params, opt_state), (loss, gnorm, aux["student_moved"])

@@ -23,7 +23,13 @@ Array = jnp.ndarray
 
 def is_token(x: Array, dim: int) -> Array:
     """Boolean [..., dim]: entry y is (y == x)."""
-    return jnp.arange(dim, dtype=x.dtype) == x[..., None]
+    return x[..., None] == jnp.arange(dim, dtype=x.dtype).reshape((1,) * x.ndim + (dim,))
+
+
+def id_row(dim: int, idx: int, ndim: int) -> Array:
+    """Boolean [1] * (ndim - 1) + [dim]: entry y is (y == idx), rank-matched to [..., dim]
+    arrays of rank ndim (no implicit rank promotion)."""
+    return (jnp.arange(dim) == idx).reshape((1,) * (ndim - 1) + (dim,))
 
 
 def expm1_stable(sigma: Array) -> Array:
@@ -55,7 +61,7 @@ class Absorbing:
         return True
 
     def rate(self, x: Array) -> Array:
-        to_mask = jnp.where(jnp.arange(self.dim) == self.mask_id, 1.0, 0.0)
+        to_mask = jnp.where(id_row(self.dim, self.mask_id, x.ndim + 1), 1.0, 0.0)
         return to_mask - jnp.where(is_token(x, self.dim), 1.0, 0.0)
 
     def transp_rate(self, x: Array) -> Array:
@@ -70,7 +76,7 @@ class Absorbing:
         stay = jnp.exp(-sigma)
         clean = (x != self.mask_id)[..., None]
         out = jnp.where(is_token(x, self.dim), jnp.where(clean, stay, 1.0), 0.0)
-        to_mask = jnp.arange(self.dim) == self.mask_id
+        to_mask = id_row(self.dim, self.mask_id, out.ndim)
         return out + jnp.where(to_mask & clean, 1.0 - stay, 0.0)
 
     def transp_transition(self, x: Array, sigma: Array) -> Array:
@@ -84,13 +90,13 @@ class Absorbing:
         """exp(-dsigma Q)^T score (SEDD staggered score, Tweedie tau-leaping); dsigma [...] broadcasts to score[..., 0]."""
         dsigma = jnp.asarray(dsigma)[..., None]
         extra = (1.0 - jnp.exp(dsigma)) * score.sum(-1, keepdims=True)
-        is_mask = jnp.arange(self.dim) == self.mask_id
+        is_mask = id_row(self.dim, self.mask_id, score.ndim)
         return score * jnp.exp(dsigma) + jnp.where(is_mask, extra, 0.0)
 
     def reverse_rate(self, x: Array, score: Array) -> Array:
         """Reverse rate R[y] = Q[y, x] s[y] for y != x, R[x] = -sum (SEDD reverse_rate)."""
         off = jnp.where(
-            (x == self.mask_id)[..., None] & (jnp.arange(self.dim) != self.mask_id), score, 0.0
+            (x == self.mask_id)[..., None] & ~id_row(self.dim, self.mask_id, x.ndim + 1), score, 0.0
         )
         return jnp.where(is_token(x, self.dim), -off.sum(-1, keepdims=True), off)
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from lsd_jax import grids as grids_lib
 from lsd_jax._compat import x64_enabled
-from lsd_jax.graphs import Graph, is_token
+from lsd_jax.graphs import Graph, id_row, is_token
 from lsd_jax.noise import Noise
 
 Array = jnp.ndarray
@@ -98,7 +98,7 @@ def denoise_probs(graph: Graph, x: Array, score: Array, sigmabar: Array) -> Arra
     """Unnormalised final denoise from total noise sigmabar [B] to 0; never emits the mask."""
     probs = tweedie_probs(graph, x, score, sigmabar)
     if graph.is_absorbing:
-        probs = jnp.where(jnp.arange(graph.dim) == graph.mask_id, 0.0, probs)
+        probs = jnp.where(id_row(graph.dim, graph.mask_id, probs.ndim), 0.0, probs)
     return probs
 
 
@@ -168,7 +168,6 @@ def step_kernel(graph: Graph, noise: Noise, sampler: str, x: Array, log_score: A
     """The kernel of `step_probs` (same distribution, clipping and normalisation included)
     in log space: x [B, L], log_score [B, L, dim] (phi applied), t, t_next [B]."""
     dim = graph.dim
-    y = jnp.arange(dim, dtype=x.dtype)
     dt_ = log_score.dtype
     if sampler == "euler":
         c = (t - t_next) * noise.rate(t)  # [B]: mass per unit score
@@ -182,7 +181,7 @@ def step_kernel(graph: Graph, noise: Noise, sampler: str, x: Array, log_score: A
         # masked x: data y -> c s[y]; stay -> 1 - c sum_y s[y] (clipped). Unmasked x: stays.
         m = graph.mask_id
         masked = x == m
-        reg = jnp.where(masked[..., None] & (y != m), log_score, _neg_inf(dt_))
+        reg = jnp.where(masked[..., None] & ~id_row(dim, m, log_score.ndim), log_score, _neg_inf(dt_))
         shift = jnp.broadcast_to(jnp.log(c), x.shape)
 
         def special(log_total):
@@ -191,7 +190,7 @@ def step_kernel(graph: Graph, noise: Noise, sampler: str, x: Array, log_score: A
         return LogKernel(reg, shift, jnp.where(masked, m, x), special)
     if sampler == "euler":
         # y != x -> c s[y] / d; stay -> 1 - c / d sum_{y != x} s[y] (clipped)
-        reg = jnp.where(y != x[..., None], log_score, _neg_inf(dt_))
+        reg = jnp.where(~is_token(x, dim), log_score, _neg_inf(dt_))
         shift = jnp.broadcast_to(jnp.log(c / dim), x.shape)
         return LogKernel(reg, shift, x, lambda log_total: _log_clip(1.0 - jnp.exp(log_total)))
     return _uniform_tweedie(dim, x, log_score, noise.total(t) - noise.total(t_next))
@@ -202,14 +201,13 @@ def _uniform_tweedie(dim: int, x: Array, log_score: Array, dsigma: Array) -> Log
     (s[y] / e^{-ds} + a S) trans[y] with a = (e^{-ds} - 1) / (d e^{-ds}), S = sum_y s[y],
     trans = the column of exp(ds Q). Not affine in the score: S takes its own pass."""
     d = float(dim)
-    y = jnp.arange(dim, dtype=x.dtype)
     dsigma = dsigma[:, None]
     epow = jnp.exp(-dsigma)
     a = (epow - 1.0) / (d * epow)
     total = jnp.exp(jax.nn.logsumexp(log_score, axis=-1))  # [B, L]
     move = -jnp.expm1(-dsigma) / d
     stag = jnp.exp(log_score) / epow[..., None] + (a * total)[..., None]
-    reg = jnp.where(y != x[..., None], _log_clip(stag) + jnp.log(move)[..., None], _neg_inf(log_score.dtype))
+    reg = jnp.where(~is_token(x, dim), _log_clip(stag) + jnp.log(move)[..., None], _neg_inf(log_score.dtype))
     s_x = jnp.exp(jnp.take_along_axis(log_score, x[..., None], -1)[..., 0])
     stay = _log_clip(s_x / epow + a * total) + jnp.log(1.0 - (d - 1.0) * move)
     return LogKernel(reg, jnp.zeros(x.shape, log_score.dtype), x, lambda log_total: stay)
@@ -220,9 +218,8 @@ def denoise_kernel(graph: Graph, x: Array, log_score: Array, sigmabar: Array) ->
     if not graph.is_absorbing:
         return _uniform_tweedie(graph.dim, x, log_score, sigmabar)
     m = graph.mask_id
-    y = jnp.arange(graph.dim, dtype=x.dtype)
     masked = x == m
-    reg = jnp.where(masked[..., None] & (y != m), log_score, _neg_inf(log_score.dtype))
+    reg = jnp.where(masked[..., None] & ~id_row(graph.dim, m, log_score.ndim), log_score, _neg_inf(log_score.dtype))
     shift = jnp.broadcast_to(jnp.log(jnp.expm1(sigmabar))[:, None], x.shape)
     special = lambda log_total: jnp.where(masked, -jnp.inf, 0.0)  # never the mask; unmasked: stays
     return LogKernel(reg, shift, jnp.where(masked, m, x), special)
@@ -257,8 +254,7 @@ def draw(key: Array, kern: LogKernel, dtype=jnp.float32) -> Array:
     if v <= FLAT_VOCAB_MAX:
         log_total = jax.nn.logsumexp(reg, axis=-1) + shift
         sp = kern.special(log_total)
-        y = jnp.arange(v, dtype=kern.special_idx.dtype)
-        logits = jnp.where(y == kern.special_idx[..., None], sp[..., None].astype(reg.dtype), reg + shift[..., None])
+        logits = jnp.where(is_token(kern.special_idx, v), sp[..., None].astype(reg.dtype), reg + shift[..., None])
         return jnp.argmax(logits.astype(dtype) + _gumbel(key, reg.shape, dtype), axis=-1).astype(jnp.int32)
     k = block_size(v)
     nfull, rem = divmod(v, k)  # full blocks, then a tail block of rem entries (no padded copy of reg)

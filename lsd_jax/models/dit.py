@@ -34,7 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lsd_jax.graphs import GRAPHS, expm1_stable, is_token
+from lsd_jax.graphs import GRAPHS, expm1_stable, id_row, is_token
 
 Array = jnp.ndarray
 
@@ -444,7 +444,7 @@ def output_transform(cfg: DiTConfig, logits: Array, x: Array, sigmabar: Array) -
         return jnp.where(is_token(x, v), 0.0, logits)
     if cfg.family == "mdlm":  # "subs"
         mask = v - 1
-        logits = jnp.where(jnp.arange(v) == mask, logits + NEG_INF, logits)
+        logits = jnp.where(id_row(v, mask, logits.ndim), logits + NEG_INF, logits)
         logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
         return jnp.where((x != mask)[..., None], jnp.where(is_token(x, v), 0.0, NEG_INF), logp)
     # radd: log_softmax over the data ids, raw mask logit kept last
@@ -488,7 +488,7 @@ def _score(model: DiT, cfg: DiTConfig, params: Any, x: Array, sigmabar: Array) -
     mask = v - 1
     sigmabar = jnp.asarray(sigmabar, jnp.float32)
     log_s = out - jnp.log(expm1_stable(sigmabar))[:, None, None]
-    is_mask_id = jnp.arange(v) == mask
+    is_mask_id = id_row(v, mask, log_s.ndim)
     masked = jnp.where(is_mask_id, 0.0, log_s)
     unmasked = jnp.where(is_token(x, v), 0.0, NEG_INF)
     return jnp.where((x == mask)[..., None], masked, unmasked)

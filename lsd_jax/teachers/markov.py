@@ -23,7 +23,7 @@ import numpy as np
 
 from lsd_jax.divergences import bigram_counts
 from lsd_jax.eval.text_metrics import unigram_entropy
-from lsd_jax.graphs import Graph, expm1_stable
+from lsd_jax.graphs import Graph, expm1_stable, is_token
 
 Array = jnp.ndarray
 
@@ -150,7 +150,7 @@ def _exact_log_score(init: Array, trans: Array, graph: Graph, x: Array, sigmabar
     dt = init.dtype
     tiny = jnp.finfo(dt).tiny
     sb = sigmabar.astype(dt)[:, None, None]  # [B, 1, 1]
-    is_x = jnp.arange(v) == x[..., None]  # [B, L, V] (mask id never matches)
+    is_x = is_token(x, v)  # [B, L, V] (mask id never matches)
     if graph.is_absorbing:
         masked = (x == graph.mask_id)[..., None]
         emis = jnp.where(masked, 1.0, is_x.astype(dt))
