@@ -30,13 +30,14 @@ from common import bench_teacher, provenance, write_results  # noqa: E402
 
 from lsd_jax import grids, tune  # noqa: E402
 from lsd_jax.divergences import make_divergence  # noqa: E402
+from lsd_jax.names import GRAPHS  # noqa: E402
 from lsd_jax.eval.sampling import run_sampler  # noqa: E402
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="network teacher trained on the chain (else the exact one)")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb")
+    p.add_argument("--graph", choices=GRAPHS, default="absorb")
     p.add_argument("--nfe", type=int, default=8)
     p.add_argument("--grids", type=int, default=16, help="random grids per set")
     p.add_argument("--samples", type=int, default=512, help="samples per grid (one CRN seed)")

@@ -28,6 +28,8 @@ from common import bench_teacher, provenance, write_results  # noqa: E402
 from lsd_jax import distill, grids, tune  # noqa: E402
 from lsd_jax._compat import enable_x64  # noqa: E402
 from lsd_jax.divergences import make_divergence, ngram_divergence  # noqa: E402
+from lsd_jax.names import GRAPHS, NOISES  # noqa: E402
+from lsd_jax.samplers import SAMPLERS  # noqa: E402
 from lsd_jax.eval.sampling import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
 from lsd_jax.eval.text_metrics import unigram_entropy  # noqa: E402
 
@@ -44,9 +46,9 @@ LSD_VARIANTS = {  # name -> (method, loss, reading)
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="network teacher directory (else the exact markov teacher)")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb")
-    p.add_argument("--noise", choices=["loglinear", "geometric"], default=None)
-    p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler", help="step of the learned samplers")
+    p.add_argument("--graph", choices=GRAPHS, default="absorb")
+    p.add_argument("--noise", choices=NOISES, default=None)
+    p.add_argument("--sampler", choices=SAMPLERS, default="euler", help="step of the learned samplers")
     p.add_argument("--nfe", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--learn-nfe", type=int, nargs="*", default=None,
                    help="NFE values that get the best-fixed, tuned and LSD rows (default: all of --nfe)")

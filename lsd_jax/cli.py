@@ -11,10 +11,9 @@ from typing import Callable, Optional
 
 from lsd_jax.distill import LOSSES, METHODS, SELECT
 from lsd_jax.divergences import DIVERGENCES
-from lsd_jax.graphs import GRAPHS
 from lsd_jax.grids import GRID_FAMILIES
 from lsd_jax.models.dit import DTYPES
-from lsd_jax.noise import NOISES
+from lsd_jax.names import GRAPHS, NOISES
 from lsd_jax.samplers import READINGS, SAMPLERS
 from lsd_jax.teachers import TEACHERS
 

@@ -60,6 +60,12 @@ How one loss evaluation works (every choice below is ours where the paper is sil
    that 1024 samples and a 1024-step reference cost; val_every 5 brings it to ~77k.
 NFE: the student has M predictor calls plus the final denoise (raw score, no phi), the
 same as every sampler it is compared with.
+
+The teacher is any `lsd_jax.teachers.ScoreModel` (score_fn, graph, noise, length); `fit`
+returns a `FitResult` (params, history[e] = epoch e, plan, timing). The optimiser is
+optax-native (`optimizer`: partition / conditionally_mask / projection_box).
+Length: ~690 lines, one method end to end (config, teacher cache, loss, epoch, selection,
+checkpoints, fit); the checkpoint helpers are to move to a run module shared with train.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ from lsd_jax import sampler_params as sp_lib
 from lsd_jax.divergences import make_divergence
 from lsd_jax.eval.sampling import run_sampler
 from lsd_jax.graphs import is_token
+from lsd_jax.profiling import Phase, memory_report
 from lsd_jax.sampler_params import SamplerParams
 from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
 from lsd_jax.teachers.base import ScoreModel, check_model, is_exact, with_score_fn
@@ -562,73 +569,6 @@ def restore_checkpoint(path: str, like: FitState) -> tuple[FitState, list, Sampl
     return FitState(params, tree["opt_state"], tree["epoch"], tree["key"]), history, best
 
 
-# --- timing -----------------------------------------------------------------------------
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_compile_total = [0.0, False]
-
-
-def compile_clock() -> float:
-    """Seconds this process has spent so far tracing, lowering and compiling with JAX
-    (from jax.monitoring events; the listener is registered on the first call)."""
-    if not _compile_total[1]:
-        def listen(event, duration, **_):
-            if event in _COMPILE_EVENTS:
-                _compile_total[0] += duration
-
-        jax.monitoring.register_event_duration_secs_listener(listen)
-        _compile_total[1] = True
-    return _compile_total[0]
-
-
-def memory_report() -> dict:
-    """Peak resident memory of this process (MiB; Linux VmHWM, which unlike ru_maxrss is
-    not inherited from a parent across fork + exec) and, where the backend reports it, the
-    peak device memory in use (MiB, device 0)."""
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
-        out["peak_rss_mib"] = round(int(hwm[0]) / 1024, 1)
-    except (OSError, IndexError, ValueError):
-        try:
-            import resource
-            import sys
-
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            out["peak_rss_mib"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
-        except (ImportError, OSError):
-            pass
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            out["peak_device_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
-    except Exception:  # noqa: BLE001 - not every backend has memory stats
-        pass
-    return out
-
-
-class _Phase:
-    """Accumulates wall-clock and JAX compile seconds of a phase over several entries."""
-
-    def __init__(self):
-        self.wall = self.compile = 0.0
-        self.count = 0
-
-    def __enter__(self):
-        self._t, self._c = time.perf_counter(), compile_clock()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall += time.perf_counter() - self._t
-        self.compile += compile_clock() - self._c
-        self.count += 1
-
-    def report(self) -> dict:
-        return {"wall_s": round(self.wall, 3), "compile_s": round(self.compile, 3),
-                "run_s": round(self.wall - self.compile, 3), "calls": self.count}
-
-
 # --- fit ------------------------------------------------------------------------------
 class FitResult(NamedTuple):
     """What `fit` returns. history[e] is epoch e's record (e = 0: the starting sampler,
@@ -678,7 +618,7 @@ def fit(
     if key is None:
         key = jax.random.PRNGKey(cfg.seed)
     k_teacher, k_fit = jax.random.split(key)
-    ph = {name: _Phase() for name in ("teacher", "validation", "epochs", "checkpoints")}
+    ph = {name: Phase() for name in ("teacher", "validation", "epochs", "checkpoints")}
     t_all = time.perf_counter()
     with ph["teacher"]:
         cache = teacher_cache(teacher, cfg, k_teacher)

@@ -18,6 +18,8 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
+from lsd_jax.names import GRAPHS
+
 Array = jnp.ndarray
 
 
@@ -193,7 +195,6 @@ class Uniform:
 
 
 Graph = Union[Absorbing, Uniform]
-GRAPHS = ("absorb", "uniform")
 
 
 def get_graph(name: str, num_tokens: int) -> Graph:

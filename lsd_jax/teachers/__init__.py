@@ -15,7 +15,7 @@ import numpy as np
 from lsd_jax import graphs as graphs_lib
 from lsd_jax import noise as noise_lib
 from lsd_jax.eval.text_metrics import unigram_entropy
-from lsd_jax.noise import DEFAULT_NOISE
+from lsd_jax.names import DEFAULT_NOISE
 from lsd_jax.teachers import markov
 from lsd_jax.teachers.base import ScoreModel, check_model, check_score_fn
 
