@@ -65,6 +65,7 @@ def test_prior_kl():
     assert train.prior_kl(graphs.Uniform(4), Geometric(1e-4, 1.0)) > 0.05  # sigma_max 1 leaves much signal
 
 
+@pytest.mark.slow  # training loops
 def test_loss_decreases_on_markov_data(uninterrupted):
     cfg, _, s = uninterrupted
     run = train.loop._run_for(cfg)
@@ -84,6 +85,7 @@ def test_loss_decreases_on_markov_data(uninterrupted):
     assert s["val_nelbo"] > s["exact_score_nelbo"] - 3 * s["excess_over_exact_score_se"] - 1e-3
 
 
+@pytest.mark.slow  # training loops
 def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
     cfg, _, full = uninterrupted
     out = str(tmp_path / "resumed")

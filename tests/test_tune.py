@@ -19,6 +19,7 @@ def uniform_teacher():
     return markov_teacher(graph="uniform")
 
 
+@pytest.mark.slow  # a CMA-ES search
 def test_tuned_grid_beats_uniform_on_held_out_seeds(uniform_teacher):
     """Exact uniform-graph teacher, 8 NFE: tuning the grid on the exact divergence (seeds 0, 1)
     beats the uniform grid on held-out seeds by far more than the seed spread, at the teacher's
@@ -80,6 +81,7 @@ def test_entropy_guard_rejects_sharpening_that_wins_on_likelihood():
     assert lo <= unigram_entropy(plain, mode="pooled") <= hi  # the plain sampler itself is never rejected here
 
 
+@pytest.mark.slow  # a CMA-ES search
 def test_tune_cli_writes_params_sample_reads(tmp_path):
     out = tmp_path / "tune"
     assert main(["tune", "--teacher-vocab", "8", "--teacher-length", "12", "--nfe", "4", "--divergence", "ngram",
