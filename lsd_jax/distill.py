@@ -245,7 +245,7 @@ def path_rows(path, rows: Array):
     return path[:, rows]
 
 
-def teacher_cache(teacher, cfg: DistillConfig, key: Array) -> TeacherCache:
+def teacher_cache(teacher, cfg: DistillConfig, key: Array, mesh="auto") -> TeacherCache:
     """Runs the N-step teacher for cfg.samples trajectories and keeps what the loss needs:
     every state, which on the absorbing graph is the final state plus one reveal step per
     position (O(S L) instead of O(N S L)); the uniform graph keeps the dense path."""
@@ -253,7 +253,7 @@ def teacher_cache(teacher, cfg: DistillConfig, key: Array) -> TeacherCache:
     out = samplers.sample(
         teacher.score_fn, teacher.graph, teacher.noise, grids.uniform(cfg.teacher_nfe, cfg.eps), key,
         cfg.samples, teacher.length, sampler=cfg.sampler, denoise=False, x64=cfg.x64,
-        return_path=not absorbing, return_reveal=absorbing,
+        return_path=not absorbing, return_reveal=absorbing, mesh=mesh,
     )
     if absorbing:
         x_start = teacher.graph.sample_limit(key, (cfg.samples, teacher.length))
@@ -469,7 +469,7 @@ def init_state(cfg: DistillConfig, key: Array, grid=None) -> FitState:
     return FitState(params, optimizer(cfg).init(params), jnp.asarray(0, jnp.int32), key)
 
 
-def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[SamplerParams], float]], str]:
+def make_validator(teacher, cfg: DistillConfig, mesh="auto") -> tuple[Optional[Callable[[SamplerParams], float]], str]:
     """Sample-level divergence of a student (lower is better) and its name, or None.
 
     The validator draws cfg.resolved_val_samples(teacher) student samples (seed val_seed);
@@ -485,12 +485,12 @@ def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[Samp
     if kind == "ngram":
         ref_nfe = min(cfg.val_reference_nfe, cfg.teacher_nfe)
         ref = run_sampler(teacher, grids.uniform(ref_nfe, cfg.eps), sampler=cfg.sampler,
-                          seed=cfg.val_seed + 1, num_samples=num_samples, x64=cfg.x64)
+                          seed=cfg.val_seed + 1, num_samples=num_samples, x64=cfg.x64, mesh=mesh)
     div = make_divergence(kind, teacher, ref)
 
     def validate(params: SamplerParams) -> float:
         tok = run_sampler(teacher, params.grid(), sampler=cfg.sampler, phi=params.phi, reading=cfg.reading,
-                          seed=cfg.val_seed, num_samples=num_samples, x64=cfg.x64)
+                          seed=cfg.val_seed, num_samples=num_samples, x64=cfg.x64, mesh=mesh)
         return float(div(tok))
 
     validate.num_samples, validate.reference_nfe, validate.reference = num_samples, ref_nfe, ref
@@ -598,6 +598,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     stop_after: Optional[int] = None,
+    mesh="auto",
 ) -> FitResult:
     """Distils an M-step student from the N-step teacher (any `ScoreModel`: score_fn, graph,
     noise, length); returns a `FitResult` (params, history, plan, timing).
@@ -610,7 +611,8 @@ def fit(
 
     With out_dir, an orbax checkpoint is written every epoch and `resume=True` continues
     from the newest one (same seed -> the same result as an uninterrupted run).
-    `stop_after` ends the run after that many epochs of this call (for tests).
+    `stop_after` ends the run after that many epochs of this call (for tests). mesh: "auto"
+    (every device when there are several), None (one device) or a Mesh (`make_epoch_fn`).
     """
     cfg.validate()
     check_model(teacher)  # a wrong score function fails here, named, before any compile
@@ -621,11 +623,11 @@ def fit(
     ph = {name: Phase() for name in ("teacher", "validation", "epochs", "checkpoints")}
     t_all = time.perf_counter()
     with ph["teacher"]:
-        cache = teacher_cache(teacher, cfg, k_teacher)
+        cache = teacher_cache(teacher, cfg, k_teacher, mesh=mesh)
         jax.block_until_ready(cache.path)
     state = init_state(cfg, k_fit)
     with ph["validation"]:  # the n-gram validator's reference samples are drawn here
-        validator, val_kind = make_validator(teacher, cfg)
+        validator, val_kind = make_validator(teacher, cfg, mesh=mesh)
     due = set(plan["epochs"])  # epochs validated (the last always is: the schedule ignores stop_after)
     best, best_val = state.params, None
     if resume and out_dir and latest_checkpoint(out_dir):
@@ -638,7 +640,7 @@ def fit(
                 best_val = validator(state.params)
         history = [_record(0, state.params, loss=None, val_divergence=best_val,
                            **({"val_kind": val_kind} if validator is not None else {}))]
-    epoch_fn = make_epoch_fn(teacher, cfg, cache)
+    epoch_fn = make_epoch_fn(teacher, cfg, cache, mesh=mesh)
     bar = None
     if progress:
         from tqdm.auto import tqdm

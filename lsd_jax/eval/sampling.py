@@ -23,10 +23,11 @@ def sample(model: ScoreModel, grid, key: jax.Array, num_samples: int, **kwargs) 
 
 
 def run_sampler(model: ScoreModel, grid, *, sampler: str = "euler", phi=None, reading: str = "linear", seed: int = 0,
-                num_samples: int = 1024, x64: bool = False) -> np.ndarray:
-    """Samples [num_samples, L] (numpy, on the host) from `model` with grid [M + 1] and phi [M]."""
+                num_samples: int = 1024, x64: bool = False, mesh="auto") -> np.ndarray:
+    """Samples [num_samples, L] (numpy, on the host) from `model` with grid [M + 1] and phi [M]
+    (mesh: as `samplers.sample`; None keeps the run on one device)."""
     out = sample(model, grid, jax.random.PRNGKey(seed), num_samples, sampler=sampler, phi=phi, reading=reading,
-                 x64=x64)
+                 x64=x64, mesh=mesh)
     return sharding.to_host(out.tokens)  # several hosts: a global array, gathered on each
 
 
