@@ -9,13 +9,8 @@ import sys
 import time
 from typing import Callable, Optional
 
-from lsd_jax.distill import LOSSES, METHODS, SELECT
-from lsd_jax.divergences import DIVERGENCES
-from lsd_jax.grids import GRID_FAMILIES
-from lsd_jax.models.dit import DTYPES
-from lsd_jax.names import GRAPHS, NOISES
-from lsd_jax.samplers import READINGS, SAMPLERS
-from lsd_jax.teachers import TEACHERS
+from lsd_jax.names import (DIVERGENCES, DTYPES, GRAPHS, GRID_FAMILIES, LOSSES, METHODS, NOISES, READINGS, SAMPLERS,
+                           SELECT, TEACHERS)
 
 DEFAULT_EPS = 1e-4  # terminal time of every sampler (the paper's; SEDD's own uses 1e-5)
 

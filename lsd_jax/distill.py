@@ -88,6 +88,7 @@ from lsd_jax import sampler_params as sp_lib
 from lsd_jax.divergences import make_divergence
 from lsd_jax.eval.sampling import run_sampler
 from lsd_jax.graphs import is_token
+from lsd_jax.names import LOSSES, METHODS, SELECT
 from lsd_jax.profiling import Phase, memory_report
 from lsd_jax.sampler_params import SamplerParams
 from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
@@ -95,10 +96,7 @@ from lsd_jax.teachers.base import ScoreModel, check_model, is_exact, with_score_
 
 Array = jnp.ndarray
 
-METHODS = ("lsd", "lsd+")
 REMAT_BYTES = 64 * 2**20  # student_loss recomputes its steps in the backward pass above this [B, L, V] size
-LOSSES = ("kl", "token-kl", "l2")
-SELECT = ("auto", "exact", "ngram", "none")
 AUTO_VAL_SAMPLES = {"exact": 1024, "network": 256}  # val_samples "auto", by teacher.exact
 
 

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-DIVERGENCES = ("exact", "ngram", "mmd")
+from lsd_jax.names import DIVERGENCES  # noqa: F401 - re-exported
 
 
 def unigram_counts(x: np.ndarray, v: int) -> np.ndarray:

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jnp.ndarray
+from lsd_jax.names import GRID_FAMILIES
 
-GRID_FAMILIES = ("uniform", "power", "cosine", "loglinear")
+Array = jnp.ndarray
 
 
 def _check_m(m: int) -> None:

@@ -43,13 +43,12 @@ import numpy as np
 from lsd_jax import grids as grids_lib
 from lsd_jax._compat import x64_enabled
 from lsd_jax.graphs import Graph, id_row, is_token
+from lsd_jax.names import READINGS, SAMPLERS
 from lsd_jax.noise import Noise
 
 Array = jnp.ndarray
 ScoreFn = Callable[[Array, Array], Array]
 
-SAMPLERS = ("euler", "tweedie")
-READINGS = ("linear", "temperature")
 
 
 def check_choice(field: str, value: str, allowed: tuple) -> str:

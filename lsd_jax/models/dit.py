@@ -34,12 +34,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lsd_jax.graphs import GRAPHS, expm1_stable, id_row, is_token
+from lsd_jax.graphs import expm1_stable, id_row, is_token
+from lsd_jax.names import DTYPES, FAMILIES, GRAPHS
 
 Array = jnp.ndarray
 
-FAMILIES = ("sedd", "mdlm", "radd")
-DTYPES = ("float32", "bfloat16")
 FREQ_DIM = 256  # size of the sinusoidal timestep embedding fed to sigma_map
 ROPE_BASE = 10000.0
 LN_EPS = 1e-5

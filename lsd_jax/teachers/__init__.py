@@ -15,11 +15,9 @@ import numpy as np
 from lsd_jax import graphs as graphs_lib
 from lsd_jax import noise as noise_lib
 from lsd_jax.eval.text_metrics import unigram_entropy
-from lsd_jax.names import DEFAULT_NOISE
+from lsd_jax.names import DEFAULT_NOISE, TEACHERS  # noqa: F401 - TEACHERS re-exported
 from lsd_jax.teachers import markov
 from lsd_jax.teachers.base import ScoreModel, check_model, check_score_fn
-
-TEACHERS = ("markov",)  # built-in teachers by name (the CLI's --teacher); networks: --checkpoint DIR
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
