@@ -104,6 +104,7 @@ def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
                                [h["val_nelbo"] for h in full["history"]], rtol=1e-6)
 
 
+@pytest.mark.slow  # the shared 40-step training run
 def test_output_directory_loads_and_samples(uninterrupted):
     from lsd_jax.models.dit import score_fn_from
     from lsd_jax.teachers.checkpoint import load_teacher
