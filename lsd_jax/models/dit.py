@@ -298,8 +298,9 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
 
 
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
-    """adaLN modulation x (1 + scale) + shift; x [B, L, D], shift/scale [B, 1, D]."""
-    return x * (1.0 + scale) + shift
+    """adaLN modulation x (1 + scale) + shift in x's dtype; x [B, L, D], shift/scale [B, 1, D]
+    (or python scalars); (1 + scale) is formed in scale's dtype, as the reference does."""
+    return x * jnp.asarray(1.0 + scale, x.dtype) + jnp.asarray(shift, x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -314,10 +315,11 @@ class LayerNorm(nn.Module):
         x = x.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + LN_EPS) * scale.astype(jnp.float32)
+        row = (1,) * (x.ndim - 1) + (self.dim,)  # [D] as [1, ..., D]: no implicit rank promotion
+        y = (x - mean) * jax.lax.rsqrt(var + LN_EPS) * scale.astype(jnp.float32).reshape(row)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.dim,), jnp.float32)
-            y = y + bias.astype(jnp.float32)
+            y = y + bias.astype(jnp.float32).reshape(row)
         return y
 
 
@@ -370,13 +372,14 @@ class DiTBlock(nn.Module):
         qkv = dense(3 * d, "attn_qkv", bias=False)(h).reshape(b, length, 3, cfg.n_heads, cfg.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        att = jax.nn.dot_product_attention(q, k, v).reshape(b, length, d)  # non-causal
-        x = x + gate_msa * dense(d, "attn_out", bias=False)(att)
+        with jax.numpy_dtype_promotion("standard"):  # jax.nn's attention mixes bf16 and f32 inside
+            att = jax.nn.dot_product_attention(q, k, v).reshape(b, length, d)  # non-causal
+        x = x + jnp.asarray(gate_msa * dense(d, "attn_out", bias=False)(att), jnp.float32)  # the stream stays float32
 
         h = modulate(LayerNorm(d, use_bias=radd, name="norm2")(x), shift_mlp, scale_mlp)
         h = dense(MLP_RATIO * d, "mlp_0")(h)
         h = dense(d, "mlp_2")(nn.gelu(h, approximate=True))
-        return x + gate_mlp * h
+        return x + jnp.asarray(gate_mlp * h, jnp.float32)
 
 
 class FinalLayer(nn.Module):
