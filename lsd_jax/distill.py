@@ -85,6 +85,7 @@ import optax
 
 from lsd_jax import grids, samplers
 from lsd_jax import sampler_params as sp_lib
+from lsd_jax._compat import optax_update
 from lsd_jax.divergences import make_divergence
 from lsd_jax.eval.sampling import run_sampler
 from lsd_jax.graphs import is_token
@@ -438,8 +439,7 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
             path = path_rows(cache.path, rows)
             path = pin(path) if isinstance(path, RevealPath) else pin(path, 1)
             (loss, aux), g = grad_fn(params, path, pin(x0), jax.random.fold_in(k_loss, b))
-            with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: python float ** int32 count
-                updates, opt_state = opt.update(g, opt_state, params)  # frozen leaves: zero updates (`optimizer`)
+            updates, opt_state = optax_update(opt, g, opt_state, params)  # frozen leaves: zero updates (`optimizer`)
             params = project(optax.apply_updates(params, updates), cfg)
             gnorm = optax.tree.norm(g)  # of the whole gradient, frozen leaves included
             return (params, opt_state), (loss, gnorm, aux["student_moved"])
