@@ -7,7 +7,7 @@ parser imports only this module.
 GRAPHS = ("absorb", "uniform")  # lsd_jax.graphs.get_graph
 NOISES = ("loglinear", "geometric")  # lsd_jax.noise.get_noise
 DEFAULT_NOISE = {"absorb": "loglinear", "uniform": "geometric"}  # per graph: SEDD's recipes
-SAMPLERS = ("euler", "tweedie")  # lsd_jax.samplers: the one-call steps
+SOLVERS = ("euler", "tweedie", "trapezoidal", "fhs")  # lsd_jax.solvers registry (the CLI's --sampler)
 READINGS = ("linear", "temperature")  # how phi scales the score (samplers.apply_phi)
 GRID_FAMILIES = ("uniform", "power", "cosine", "loglinear")  # lsd_jax.grids.get_grid
 METHODS = ("lsd", "lsd+")  # distill: phi only, phi and the time grid
