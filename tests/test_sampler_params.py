@@ -37,11 +37,11 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 
 @pytest.mark.parametrize("change,needle", [
-    ({"format": "other/1"}, "field 'format' must be"),
+    ({"format": "other/1"}, "key 'format' must be"),
     ({"phi": None}, "missing field 'phi'"),
     ({"eps": None}, "missing field 'eps'"),
-    ({"phi": [1.0, 1.0]}, "'phi' and 'logits' must be 1-D of equal length"),
-    ({"phi": [1.0, float("nan"), 1.0]}, "must be finite"),
+    ({"phi": [1.0, 1.0]}, "'phi' and 'logits' must have equal length"),
+    ({"phi": [1.0, float("nan"), 1.0]}, "key 'phi' has non-finite entries at \\[1\\]"),
     ({"sampler": "rk4"}, "sampler 'rk4' is not supported"),
     ({"reading": "log"}, "reading 'log' is not supported"),
 ])
