@@ -77,6 +77,7 @@ def _write_json(path: Optional[str], obj: dict) -> None:
 
 def cmd_sample(args) -> int:
     import jax
+    import numpy as np
 
     from lsd_jax import grids, samplers, sharding
 
@@ -104,6 +105,11 @@ def cmd_sample(args) -> int:
         params_info = {"file": args.sampler_params, **params.describe()}
         if args.sampler != params.sampler:
             print(f"note: sampler params were learned for {params.sampler}, running {args.sampler}", file=sys.stderr)
+    if grid is None and args.grid == "jys":
+        from lsd_jax import baselines
+
+        reference = baselines.optional_reference(teacher, eps=args.eps)
+        grid = baselines.jys_grid(teacher.score_fn, teacher.graph, teacher.noise, reference, steps, args.eps)
     if grid is None:
         grid = grids.get_grid(args.grid, steps, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()
@@ -123,6 +129,7 @@ def cmd_sample(args) -> int:
         "graph": teacher.graph.name,
         "noise": teacher.noise.name,
         "grid": args.grid if not args.sampler_params else "learned",
+        "grid_values": [float(v) for v in np.asarray(grid)],
         "eps": params.eps if args.sampler_params else args.eps,
         "num_samples": args.num_samples,
         "seed": args.seed,
@@ -408,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, required=True, help="predictor steps M (the final denoise adds one call)")
     p.add_argument("--num-samples", type=int, default=1024)
-    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear"], default="uniform")
+    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear", "jys"], default="uniform",
+                   help="time grid; jys: Jump Your Steps (Park et al. 2025), computed with the model from 256 of its "
+                        "own 256-step samples (lsd_jax.baselines.jys_grid)")
     p.add_argument("--grid-p", type=float, default=2.0, help="exponent of the power grid")
     p.add_argument("--sampler-params", default=None, help="learned sampler parameters (from distill or tune)")
     p.add_argument("--show", type=int, default=3, help="decoded samples to print")
