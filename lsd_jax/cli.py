@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -30,7 +31,7 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=list(SOLVERS), default="euler",
                    help="solver (lsd_jax.solvers): euler, tweedie (1 call/step), trapezoidal (2 calls/step), "
                         "fhs (first-hitting, absorbing graph: one call per token, L in all)")
-    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")
+    p.add_argument("--eps", type=float, default=None, help=f"terminal time t_M (default {DEFAULT_EPS})")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampler")
     p.add_argument("--x64", action="store_true", help="float64 computation and categorical draws")
     p.add_argument("--distributed", action="store_true",
@@ -41,12 +42,14 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 def load_teacher(args):
     """Teacher from CLI args: --checkpoint DIR or the markov chain."""
-    from lsd_jax import teachers
+    from lsd_jax import teachers, validate
 
     if getattr(args, "checkpoint", None):
         from lsd_jax.teachers import checkpoint as ckpt_teacher
 
-        return ckpt_teacher.load_teacher(args.checkpoint)
+        teacher = ckpt_teacher.load_teacher(args.checkpoint)
+        validate.probe_score(teacher)  # shape and finiteness, before any work (3 calls on 2 sequences)
+        return teacher
     for field in ("teacher_vocab", "teacher_length"):
         if getattr(args, field) < 2:
             raise ValueError(f"--{field.replace('_', '-')} must be >= 2, got {getattr(args, field)}")
@@ -69,10 +72,10 @@ def _primary() -> bool:
 
 
 def _write_json(path: Optional[str], obj: dict) -> None:
+    from lsd_jax.runs import write_json
+
     if path and _primary():
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=2)
+        write_json(path, obj)
 
 
 def cmd_sample(args) -> int:
@@ -81,20 +84,12 @@ def cmd_sample(args) -> int:
 
     from lsd_jax import grids, samplers, sharding
 
-    if args.nfe < 1:
-        raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if not 0.0 < args.eps < 1.0:
-        raise ValueError(f"--eps must be in (0, 1), got {args.eps}")
     from lsd_jax.solvers import get_solver
 
     solver = get_solver(args.sampler)
     steps = solver.steps_for_nfe(args.nfe)  # NFE counts network calls: trapezoidal 8 NFE = 4 steps
-    teacher = load_teacher(args)
-    solver.check_graph(teacher.graph)
     phi, grid, params_info, reading = None, None, None, "linear"
-    if args.sampler_params:
+    if args.sampler_params:  # the file first: its errors before the teacher loads
         from lsd_jax import sampler_params as sp
 
         params = sp.load(args.sampler_params)
@@ -105,6 +100,8 @@ def cmd_sample(args) -> int:
         params_info = {"file": args.sampler_params, **params.describe()}
         if args.sampler != params.sampler:
             print(f"note: sampler params were learned for {params.sampler}, running {args.sampler}", file=sys.stderr)
+    teacher = load_teacher(args)  # the flags were checked by validate.sample_args
+    solver.check_graph(teacher.graph)
     if grid is None and args.grid == "jys":
         from lsd_jax import baselines
 
@@ -178,7 +175,9 @@ def plot_sampler_params(path: str, params, title: str, baseline_grid=None) -> No
     b.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from lsd_jax.runs import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -213,10 +212,8 @@ def _against_plain(teacher, args, params, name: str, plain_name: str) -> dict:
 
 
 def cmd_distill(args) -> int:
-    import jax
-
-    from lsd_jax import distill, grids
-    from lsd_jax import sampler_params as sp_lib
+    from lsd_jax import distill
+    from lsd_jax.runs import RunLock
 
     val_samples = _auto_or_int("--val-samples", args.val_samples)
     for flag, v in (("--val-every", args.val_every), ("--val-reference-nfe", args.val_reference_nfe)):
@@ -225,14 +222,22 @@ def cmd_distill(args) -> int:
     cfg = distill.DistillConfig(
         method=args.method, sampler=args.sampler, nfe=args.nfe, teacher_nfe=args.teacher_nfe, reading=args.reading,
         loss=args.loss, zeta=args.zeta, epochs=args.epochs, samples=args.samples,
-        batch_size=min(args.batch_size, args.samples), lr=args.lr, eps=args.eps, alternate=args.alternate,
+        batch_size=args.batch_size, lr=args.lr, eps=args.eps, alternate=args.alternate,
         select=args.select, val_samples=val_samples, val_every=args.val_every,
         val_reference_nfe=args.val_reference_nfe, seed=args.seed, x64=args.x64,
     ).validate()
+    with RunLock(args.out, enabled=_primary()):  # --out was checked by validate.distill_args
+        return _distill(args, cfg)
+
+
+def _distill(args, cfg) -> int:
+    import jax
+
+    from lsd_jax import distill
+    from lsd_jax import sampler_params as sp_lib
+    from lsd_jax.runs import write_json
+
     out = args.out
-    if os.path.isdir(out) and os.listdir(out) and not args.resume:
-        raise ValueError(f"--out {out} exists and is not empty: pass --resume to continue it, or choose a new --out")
-    os.makedirs(out, exist_ok=True)
     teacher = load_teacher(args)
     print(f"teacher {teacher.name} ({teacher.graph.name}, {teacher.noise.name}); student {cfg.method} "
           f"{cfg.sampler} M={cfg.nfe} from N={cfg.teacher_nfe}; loss {cfg.loss}, reading {cfg.reading}, "
@@ -248,8 +253,7 @@ def cmd_distill(args) -> int:
     meta = {"method": cfg.method, "teacher": teacher.describe(), "config": cfg.to_dict()}
     if _primary():
         sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
-        with open(os.path.join(out, "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
+        write_json(os.path.join(out, "history.json"), history, indent=1)
         plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
                             f"{cfg.method} ({cfg.loss}, {cfg.reading}) M={cfg.nfe} on {teacher.name}")
     result = {"config": cfg.to_dict(), "teacher": teacher.describe(), "fit_seconds": fit_seconds,
@@ -266,9 +270,10 @@ def cmd_distill(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from ports.cli import convert_main
+    from ports.sedd import convert
 
-    return convert_main([args.src, args.dst, "--dtype", args.dtype])
+    print(json.dumps(convert(args.src, args.dst, dtype=args.dtype)))  # CheckpointError -> main: exit 2
+    return 0
 
 
 def _add_convert(sub) -> None:
@@ -280,24 +285,27 @@ def _add_convert(sub) -> None:
 
 
 def cmd_tune(args) -> int:
+    from lsd_jax.runs import RunLock
+
+    with RunLock(args.out, enabled=_primary()):  # the flags and --out were checked by validate.tune_args
+        return _tune(args)
+
+
+def _tune(args) -> int:
     from lsd_jax import grids, tune
     from lsd_jax import sampler_params as sp_lib
     from lsd_jax.evaluate import run_sampler
     from lsd_jax.teachers.markov import unigram_entropy
 
-    if args.nfe < 1 or args.budget < 1 or args.samples < 1 or args.crn_seeds < 1:
-        raise ValueError("--nfe, --budget, --samples and --crn-seeds must be >= 1")
-    if not 0.0 <= args.entropy_band < 1.0:
-        raise ValueError(f"--entropy-band must be in [0, 1), got {args.entropy_band}")
     out = args.out
-    if os.path.isdir(out) and os.listdir(out):
-        raise ValueError(f"--out {out} exists and is not empty: choose a new directory")
     teacher = load_teacher(args)
+    if args.divergence == "exact" and not teacher.exact or args.divergence == "mmd" and teacher.features is None:
+        tune.make_divergence(args.divergence, teacher, None)  # its error names what the divergence needs
     # reference: the teacher's own many-step samples (the ngram target and the entropy guard)
     ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, args.eps), sampler=args.sampler, seed=1,
                       num_samples=args.samples, x64=args.x64)
     ref_entropy = unigram_entropy(ref, teacher.graph.dim)
-    divergence = tune.make_divergence(args.divergence, teacher, ref)
+    divergence = _finite(tune.make_divergence(args.divergence, teacher, ref), args.divergence)
     print(f"tuning {args.sampler} M={args.nfe} on {teacher.name} by {args.divergence}; entropy guard "
           f"{ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; budget {args.budget} evaluations")
     t0 = time.perf_counter()
@@ -308,7 +316,6 @@ def cmd_tune(args) -> int:
         entropy_band=args.entropy_band, progress=not args.no_progress,
     )
     seconds = time.perf_counter() - t0
-    os.makedirs(out, exist_ok=True)
     meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget}
     _write_json(os.path.join(out, "history.json"), {"evaluations": history, "seconds": seconds})
     if _primary():
@@ -325,6 +332,21 @@ def cmd_tune(args) -> int:
     print(f"{args.divergence}: uniform {result['uniform']:.4g} -> tuned {result['best']:.4g} "
           f"(tuning seeds) in {seconds:.1f} s; wrote {out}/sampler_params.json, history.json, sampler_params.png")
     return 0
+
+
+def _finite(divergence: Callable, name: str) -> Callable:
+    """The divergence, stopping the search at the first non-finite value (naming the evaluation)."""
+    count = [0]
+
+    def guarded(tokens) -> float:
+        count[0] += 1
+        v = float(divergence(tokens))
+        if not math.isfinite(v):
+            raise FloatingPointError(f"divergence {name} is non-finite ({v}) at evaluation {count[0]} "
+                                     "(a sampler run on the tuning seeds): the search stops here")
+        return v
+
+    return guarded
 
 
 def _add_tune(sub) -> None:
@@ -415,9 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, required=True, help="predictor steps M (the final denoise adds one call)")
     p.add_argument("--num-samples", type=int, default=1024)
-    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear", "jys"], default="uniform",
-                   help="time grid; jys: Jump Your Steps (Park et al. 2025), computed with the model from 256 of its "
-                        "own 256-step samples (lsd_jax.baselines.jys_grid)")
+    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear", "jys"], default=None,
+                   help="time grid (default uniform); jys: Jump Your Steps (Park et al. 2025), computed with the model "
+                        "from 256 of its own 256-step samples (lsd_jax.baselines.jys_grid)")
     p.add_argument("--grid-p", type=float, default=2.0, help="exponent of the power grid")
     p.add_argument("--sampler-params", default=None, help="learned sampler parameters (from distill or tune)")
     p.add_argument("--show", type=int, default=3, help="decoded samples to print")
@@ -429,20 +451,121 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Other modules register subcommands here: name -> function(subparsers).
+def train_config_from_args(args):
+    """The TrainConfig of parsed `train-teacher` flags, validated (ValueError naming the field)."""
+    from lsd_jax.train.config import TrainConfig
+
+    return TrainConfig(
+        data=args.data, graph=args.graph, noise=args.noise, objective=args.objective,
+        hidden_size=args.hidden_size, n_blocks=args.n_blocks, n_heads=args.n_heads, cond_dim=args.cond_dim,
+        length=args.length, vocab=args.vocab, chain_seed=args.chain_seed, tokenizer=args.tokenizer,
+        batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup, schedule=args.schedule,
+        min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema=args.ema,
+        eval_every=args.eval_every, val_size=args.val_size, checkpoint_every=args.checkpoint_every,
+        final_repeats=args.final_repeats, seed=args.seed,
+    ).validate()
+
+
+def cmd_train_teacher(args) -> int:
+    from lsd_jax.train import command_for
+    from lsd_jax.train.loop import train
+
+    cfg = train_config_from_args(args)
+    try:
+        s = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at,
+                  command=command_for(cfg, args.out))
+    except KeyboardInterrupt:
+        print("lsd-jax train-teacher: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    print(f"wrote {args.out}: {', '.join(sorted(os.listdir(args.out)))}")
+    if "entropy_rate" in s and s["val_nelbo"] is not None:
+        print(f"validation NELBO {s['val_nelbo']:.4f} nats/token ({s['val_nelbo_bits']:.4f} bits/token) vs "
+              f"data entropy rate {s['entropy_rate']:.4f} ({s['entropy_rate_bits']:.4f} bits): "
+              f"{100 * (s['val_nelbo'] / s['entropy_rate'] - 1):+.2f}%"
+              + (f"; exact score's NELBO on the same draws {s['exact_score_nelbo']:.4f}: excess "
+                 f"{s['excess_over_exact_score']:.4f} ({100 * s['excess_over_exact_score_relative']:.2f}%)"
+                 if "exact_score_nelbo" in s else ""))
+    elif s["val_nelbo"] is not None:
+        print(f"validation NELBO {s['val_nelbo']:.4f} nats/token = {s['val_nelbo_bits']:.4f} "
+              f"{s['bits_per_token_name']}")
+    return 0
+
+
 def _add_train_teacher(sub) -> None:
-    from lsd_jax import train
+    from lsd_jax.train import config as tc  # no jax: the parser stays cheap to build
 
-    train.register(sub)
+    d = tc.TrainConfig()
+    p = sub.add_parser("train-teacher", help="train a small SEDD DiT teacher (score entropy) on the "
+                       "synthetic Markov chain or the text corpus")
+    p.add_argument("--data", choices=tc.DATA, default=d.data)
+    p.add_argument("--graph", choices=tc.GRAPHS, default=d.graph)
+    p.add_argument("--noise", choices=tc.NOISES, default=None,
+                   help="default: loglinear for absorb, geometric for uniform")
+    p.add_argument("--objective", choices=tc.OBJECTIVES, default=d.objective, help="training loss")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps")
+    p.add_argument("--schedule", choices=tc.SCHEDULES, default=d.schedule, help="after warm-up")
+    p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="cosine: final lr / lr")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW, on matrices")
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="global-norm clip (0: off)")
+    p.add_argument("--ema", type=float, default=d.ema, help="EMA decay of the parameters")
+    p.add_argument("--hidden-size", type=int, default=d.hidden_size)
+    p.add_argument("--n-blocks", type=int, default=d.n_blocks)
+    p.add_argument("--n-heads", type=int, default=d.n_heads)
+    p.add_argument("--cond-dim", type=int, default=d.cond_dim)
+    p.add_argument("--length", type=int, default=d.length, help="sequence length (markov: chain length)")
+    p.add_argument("--vocab", type=int, default=d.vocab, help="markov: tokens of the chain")
+    p.add_argument("--chain-seed", type=int, default=d.chain_seed, help="markov: seed of the chain")
+    p.add_argument("--tokenizer", choices=tc.TOKENIZERS, default=d.tokenizer, help="text: tokenizer")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--val-size", type=int, default=d.val_size, help="validation sequences")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--final-repeats", type=int, default=d.final_repeats,
+                   help="draws of (t, x_t) averaged for the final validation NELBO")
+    p.add_argument("--seed", type=int, default=d.seed, help="init, data and noise seed")
+    p.add_argument("--out", required=True, help="output directory (model, chain.json, log, plot, state/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out/state")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated interruption
+    p.set_defaults(func=cmd_train_teacher)
 
 
+# Subcommands beyond `sample`: name -> function(subparsers).
 _EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert, "tune": _add_tune,
                                "train-teacher": _add_train_teacher}
 
 
+def _preflight(args) -> None:
+    """Every check the inputs alone decide, before any work (and before jax.distributed):
+    `lsd_jax.validate`, one function per subcommand."""
+    from lsd_jax import validate
+
+    args.eps_given, args.grid_given = getattr(args, "eps", None) is not None, getattr(args, "grid", None) is not None
+    if hasattr(args, "eps") and args.eps is None:
+        args.eps = DEFAULT_EPS
+    if hasattr(args, "grid") and args.grid is None:
+        args.grid = "uniform"
+    check = {"sample": validate.sample_args, "tune": validate.tune_args, "distill": validate.distill_args,
+             "train-teacher": lambda a: validate.output_dir(a.out, "--out", resume=a.resume)}.get(args.cmd)
+    if check is not None:
+        check(args)
+
+
 def main(argv=None) -> int:
+    """Runs a subcommand. Exit status, the same for every subcommand: 0 done; 2 the input
+    is refused (a usage error, a bad flag, file or checkpoint; nothing was computed, or the
+    input alone decided it); 1 the run failed during the work (a non-finite score or loss
+    at a named step, an OS error); 130 interrupted. Errors are one line
+    `lsd-jax CMD: error: ...` on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _preflight(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lsd-jax {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "distributed", False):  # before any other jax use
         from lsd_jax import sharding
 
@@ -455,10 +578,16 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"lsd-jax {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except (FloatingPointError, OSError) as e:
+        print(f"lsd-jax {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lsd-jax {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

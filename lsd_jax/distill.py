@@ -493,42 +493,24 @@ def _ckpt_dir(out_dir: str) -> str:
     return os.path.join(os.path.abspath(out_dir), "checkpoints")
 
 
-def save_checkpoint(out_dir: str, state: FitState, history: list, best: SamplerParams) -> None:
-    """Orbax checkpoint of (params, optimizer state, epoch, key, best params) + the JSON history."""
-    import orbax.checkpoint as ocp
+def _checkpoints(out_dir: str):
+    from lsd_jax.runs import Checkpoints
 
+    return Checkpoints(_ckpt_dir(out_dir), prefix="epoch_", keep=2)
+
+
+def save_checkpoint(out_dir: str, state: FitState, history: list, best: SamplerParams) -> None:
+    """Orbax checkpoint of (params, optimizer state, epoch, key, best params) + the JSON history
+    (`lsd_jax.runs.Checkpoints`: the two newest complete epochs are kept)."""
     from lsd_jax import sharding as sharding_lib
 
-    epoch = int(state.epoch)
-    path = os.path.join(_ckpt_dir(out_dir), f"epoch_{epoch:04d}")
-    ckpt = ocp.StandardCheckpointer()
     tree = {"phi": state.params.phi, "logits": state.params.logits, "opt_state": state.opt_state,
             "epoch": state.epoch, "key": jax.random.key_data(state.key) if _is_typed_key(state.key) else state.key,
             "best_phi": best.phi, "best_logits": best.logits}
     tree = sharding_lib.global_tree(tree)  # several hosts: orbax saves global arrays only
     # several hosts share out_dir (orbax needs one directory all of them see): every host
     # writes its part of the checkpoint, process 0 alone writes the history and prunes
-    primary = sharding_lib.is_primary()
-    if primary and os.path.exists(path):
-        import shutil
-
-        shutil.rmtree(path)
-    ckpt.save(path, tree)
-    ckpt.wait_until_finished()
-    if not primary:
-        return
-    with open(os.path.join(path + ".history.json"), "w") as f:
-        json.dump(history, f)
-    # keep the two newest
-    done = sorted(d for d in os.listdir(_ckpt_dir(out_dir)) if d.startswith("epoch_") and not d.endswith(".json"))
-    for old in done[:-2]:
-        import shutil
-
-        shutil.rmtree(os.path.join(_ckpt_dir(out_dir), old), ignore_errors=True)
-        try:
-            os.remove(os.path.join(_ckpt_dir(out_dir), old + ".history.json"))
-        except FileNotFoundError:
-            pass
+    _checkpoints(out_dir).save(int(state.epoch), tree, history, primary=sharding_lib.is_primary())
 
 
 def _is_typed_key(key) -> bool:
@@ -536,27 +518,24 @@ def _is_typed_key(key) -> bool:
 
 
 def latest_checkpoint(out_dir: str) -> Optional[str]:
-    d = _ckpt_dir(out_dir)
-    if not os.path.isdir(d):
-        return None
-    done = sorted(x for x in os.listdir(d) if x.startswith("epoch_") and not x.endswith(".json"))
-    return os.path.join(d, done[-1]) if done else None
+    """The newest complete checkpoint (an interrupted save's leftovers are skipped)."""
+    ck = _checkpoints(out_dir)
+    step = ck.latest()
+    return None if step is None else ck.path(step)
 
 
 def restore_checkpoint(path: str, like: FitState) -> tuple[FitState, list, SamplerParams]:
     """Inverse of `save_checkpoint`: (state, history, best params)."""
-    import orbax.checkpoint as ocp
-
     from lsd_jax import sharding as sharding_lib
+    from lsd_jax.runs import Checkpoints
 
     target = {"phi": like.params.phi, "logits": like.params.logits, "opt_state": like.opt_state,
               "epoch": like.epoch, "key": like.key, "best_phi": like.params.phi, "best_logits": like.params.logits}
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, sharding_lib.global_tree(target))
-    tree = ocp.StandardCheckpointer().restore(path, abstract)
+    name = os.path.basename(path)
+    ck = Checkpoints(os.path.dirname(path), prefix="epoch_")
+    tree, history = ck.restore(int(name[len("epoch_"):]), sharding_lib.global_tree(target))
     params = like.params.replace(phi=tree["phi"], logits=tree["logits"])
     best = like.params.replace(phi=tree["best_phi"], logits=tree["best_logits"])
-    with open(path + ".history.json") as f:
-        history = json.load(f)
     return FitState(params, tree["opt_state"], tree["epoch"], tree["key"]), history, best
 
 
@@ -628,7 +607,31 @@ class _Phase:
 
 
 # --- fit --------------------------------------------------------------------------------
-def fit(
+def fit(teacher, cfg: DistillConfig, key: Optional[Array] = None, *, out_dir: Optional[str] = None,
+        resume: bool = False, **kwargs) -> tuple[SamplerParams, list]:
+    """`_fit` (below: what it computes) guarded before any work: the teacher's score is probed
+    (shape, finiteness); with out_dir the directory is locked for this run
+    (`lsd_jax.runs.RunLock`), a resume must match the configuration saved there (every
+    differing field is named; only `epochs` may change) and an interrupted save's leftovers
+    are removed, so the run continues from the last complete epoch."""
+    from lsd_jax import runs, validate
+    from lsd_jax import sharding as sharding_lib
+
+    cfg.validate()
+    validation_plan(teacher, cfg)
+    validate.probe_score(teacher)
+    if not out_dir:
+        return _fit(teacher, cfg, key, out_dir=out_dir, resume=resume, **kwargs)
+    primary = sharding_lib.is_primary()
+    with runs.RunLock(out_dir, enabled=primary):
+        runs.check_config(out_dir, {"config": cfg.to_dict(), "teacher": teacher.describe()}, resume=resume,
+                          may_change=("config.epochs",), write=primary)
+        if resume and primary:
+            _checkpoints(out_dir).clean()
+        return _fit(teacher, cfg, key, out_dir=out_dir, resume=resume, **kwargs)
+
+
+def _fit(
     teacher,
     cfg: DistillConfig,
     key: Optional[Array] = None,
@@ -690,10 +693,12 @@ def fit(
             state, stats = epoch_fn(state)
             loss = float(stats["loss"])
         phi = np.asarray(state.params.phi)
-        if not (np.isfinite(loss) and np.all(np.isfinite(phi)) and np.all(np.isfinite(np.asarray(state.params.logits)))):
+        bad = [name for name, v in (("loss", loss), ("phi", phi), ("grid logits", state.params.logits))
+               if not np.all(np.isfinite(np.asarray(v)))]
+        if bad:  # the teacher's score was finite when probed: the optimisation diverged
             raise FloatingPointError(
-                f"non-finite loss or sampler parameter at epoch {int(state.epoch)} (loss={loss}, phi={phi}); "
-                "lower the learning rate or use --x64"
+                f"non-finite {' and '.join(bad)} at epoch {int(state.epoch)} (loss={loss}, phi={phi}); the teacher's "
+                "score was finite when probed before the run, so the updates diverged: lower --lr or use --x64"
             )
         rec = {
             "epoch": int(state.epoch),

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax import grids as grids_lib
+from lsd_jax import validate
 from lsd_jax import solvers as solvers_lib
 from lsd_jax._compat import x64_enabled
 from lsd_jax.graphs import Graph, _is
@@ -97,6 +98,11 @@ def _phi_ok(phi_k: Array, reading: str) -> Array:
     return jnp.isfinite(phi_k) & ((phi_k > 0) if reading == "linear" else True)
 
 
+def _shaped(score: Array, x: Array, graph: Graph) -> Array:
+    """The score [B, L, dim] of x [B, L]; checked when the loop is traced (no run-time cost)."""
+    return validate.score_shape(score, tuple(x.shape) + (graph.dim,), f"graph {graph.name}, dim {graph.dim}")
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("graph", "noise", "solver", "drawer", "reading", "denoise", "return_path", "return_reveal",
@@ -117,7 +123,7 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
     def body(k, carry):
         x, state, path, reveal, bad = carry
         t, t_next, phi_k = grid[k], grid[k + 1], phi[k]
-        score = lambda xx, sb: apply_phi(xx, score_fn(xx, sb), phi_k, reading)  # noqa: E731
+        score = lambda xx, sb: apply_phi(xx, _shaped(score_fn(xx, sb), xx, graph), phi_k, reading)  # noqa: E731
         model = StepModel(score, graph, noise, drawer)
         out = solver.step(model, x, jnp.full((bsz,), t), jnp.full((bsz,), t_next), jax.random.fold_in(key, k), state)
         x_new = pin(out.x)
@@ -137,7 +143,7 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
     x_out = x_last
     if denoise:
         sb = noise.total(jnp.full((bsz,), grid[-1]))
-        ls = score_fn(x_last, sb)
+        ls = _shaped(score_fn(x_last, sb), x_last, graph)
         x_out = pin(drawer(jax.random.fold_in(key, n), denoise_kernel(graph, x_last, ls, sb),
                            DrawContext(x_last, ls, jnp.full((bsz,), grid[-1]), jnp.zeros((bsz,), grid.dtype)),
                            graph, noise))
@@ -210,6 +216,7 @@ def sample(
     phi = jnp.asarray(phi)
     if phi.shape != (m,):
         raise ValueError(f"phi must have shape [M] = [{m}] for a grid of {m + 1} times, got {phi.shape}")
+    validate.phi(phi, reading)  # NaN / <= 0 refused before the run (the loop flags traced ones)
     if x64 and not x64_enabled():
         raise ValueError(
             "x64=True draws in float64 and needs jax x64: wrap the call in "
@@ -227,6 +234,8 @@ def sample(
         x_init = graph.sample_limit(k_init, (batch_size, length))
     elif tuple(x_init.shape) != (batch_size, length):
         raise ValueError(f"x_init must have shape [batch_size, length] = {[batch_size, length]}, got {x_init.shape}")
+    elif validate.is_concrete(x_init) and getattr(x_init, "is_fully_addressable", True):
+        validate.tokens(x_init, graph.dim, length, "x_init", batch=batch_size)  # ids in [0, dim): mask included
     steps = solver.num_steps(m, length)
     fdt = jnp.float64 if x64_enabled() else jnp.float32
     cap = steps if return_path else max(capacity(m), m)
