@@ -140,7 +140,7 @@ def temperature_matched(sample_entropy: Callable[[float], float], target: float,
 def temperature_matched_euler(teacher, grid, target_entropy: float, *, seeds: Sequence[int] = (0,),
                               num_samples: int = 1024, sampler: str = "euler") -> tuple[float, list]:
     """temperature_matched on the teacher's samples (tuning seeds) with phi constant over steps."""
-    from lsd_jax.evaluate import run_sampler
+    from lsd_jax.eval.sampling import run_sampler
     from lsd_jax.teachers.markov import unigram_entropy
 
     m = int(np.asarray(grid).shape[0]) - 1
@@ -157,7 +157,7 @@ def optional_reference(teacher, nfe: int = 256, num_samples: int = 256, seed: in
                        eps: float = 1e-4) -> np.ndarray:
     """The teacher's own many-step samples (JYS's expectation and n-gram references)."""
     from lsd_jax import grids
-    from lsd_jax.evaluate import run_sampler
+    from lsd_jax.eval.sampling import run_sampler
 
     return run_sampler(teacher, grids.uniform(nfe, eps), seed=seed, num_samples=num_samples)
 
