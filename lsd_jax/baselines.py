@@ -29,8 +29,8 @@ import numpy as np
 
 from lsd_jax.solvers.base import move_logits
 
-GL_NODES = np.array([-math.sqrt(3 / 5), 0.0, math.sqrt(3 / 5)])
-GL_WEIGHTS = np.array([5 / 9, 8 / 9, 5 / 9])
+GL_NODES = (-math.sqrt(3 / 5), 0.0, math.sqrt(3 / 5))  # 3-point Gauss-Legendre on [-1, 1] (python floats: weak)
+GL_WEIGHTS = (5 / 9, 8 / 9, 5 / 9)
 
 
 def klub_fn(score_fn, graph, noise, reference, key=None) -> Callable[[float, float], float]:
