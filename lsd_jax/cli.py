@@ -1,4 +1,9 @@
-"""`lsd-jax` command line: sample, distill, tune, convert."""
+"""`lsd-jax` command line: sample, distill, tune, convert, train-teacher.
+
+~590 lines: the parser and the command of each subcommand, which stay thin (the work is in
+the library); the allowed values come from `lsd_jax.names`, the flag checks from
+`lsd_jax.validate`.
+"""
 
 from __future__ import annotations
 
