@@ -16,7 +16,8 @@ random characters) and scores all of them under each evaluator:
 The evaluators need ``gguf`` and ``accelerate`` (and transformers >= 5 for Gemma-3):
 ``pip install gguf accelerate -c <(echo torch==2.13.0)``; each is checked on a known
 English text at load. The results are added to ``<name>.json`` under ``text_eval`` and
-the markdown is re-rendered with the evaluator tables.
+the markdown is re-rendered with the evaluator tables; a later run with other
+``--evaluators`` keeps the stored scores of the others (when the texts are the same).
 
     python benchmarks/text_eval.py --results text-char-absorb --evaluators smollm2 gemma3-270m
 """
@@ -44,17 +45,30 @@ from lsd_jax.eval.char_nll import mean_interval, paired_difference, score_texts 
 from lsd_jax.evaluate import run_sampler  # noqa: E402
 
 LEVEL = 0.95
+# scored first (the cache is saved after each group): the rows and anchors the conclusions rest on
+FIRST = ("euler @ 8", "euler @ 64", "lsd+ @ 8", "best fixed grid @ 8", "anchor:random chars", "anchor:real",
+         "euler @ 16", "euler @ 32", "anchor:words shuffled", "anchor:char bigram", "teacher (euler) @ 1024")
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", required=True, help="name of a text benchmark under benchmarks/results/")
     p.add_argument("--checkpoint", default=None, help="the teacher (default: checkpoints/<teacher directory>)")
-    p.add_argument("--evaluators", nargs="+", default=["smollm2", "gemma3-270m"],
-                   help="names (smollm2, gemma3-270m) or HF causal-LM directories")
+    p.add_argument("--evaluators", nargs="*", default=["smollm2", "gemma3-270m"],
+                   help="names (smollm2, gemma3-270m) or HF causal-LM directories (none: only regenerate)")
     p.add_argument("--texts-per-seed", type=int, default=None,
                    help="texts scored per seed and row (default: the run's --genppl-samples)")
     p.add_argument("--anchor-seed", type=int, default=0)
+    p.add_argument("--regen-samples", type=int, default=None,
+                   help="samples regenerated per seed and row: the first N of the run's (default: all)")
+    p.add_argument("--texts-cache", default=None,
+                   help="JSON file of regenerated texts, written after each row and read on a rerun")
+    p.add_argument("--scores-cache", default=None,
+                   help="directory of per-evaluator scores (scores-<name>.json), read and extended")
+    p.add_argument("--available-only", action="store_true",
+                   help="score only the rows already in --texts-cache into --scores-cache; write no results")
+    p.add_argument("--cached-only", action="store_true",
+                   help="load no evaluator: results from --scores-cache, rows not in it left out")
     args = p.parse_args(argv)
     path = os.path.join(RESULTS, args.results + ".json")
     if not os.path.isfile(path):
@@ -80,25 +94,54 @@ def row_sampler(row: dict, run, noise) -> dict:
     raise ValueError(f"row {name!r}: cannot tell how it was sampled")
 
 
-def regenerate(teacher, payload: dict, run, per_seed: int) -> tuple[list[dict], dict]:
-    """Per row: its texts (seed-major, ``per_seed`` each) and a key shared by rows with
-    identical samples; raises when a row's first decoded samples differ from the stored."""
-    rows, keys = [], {}
-    for r in payload["rows"]:
+def regenerate(teacher, payload: dict, run, num: int, cache: str | None = None,
+               available_only: bool = False) -> list:
+    """Decoded held-out samples [row][seed][sample] of every stored row: the first ``num``
+    samples of each seed, sampled as the run did (every draw is indexed by sample, so the
+    first ``num`` of a smaller batch are the run's own); raises when a row's first decoded
+    samples differ from the stored ones. Rows are made cheapest first and kept in
+    ``cache`` (JSON) after each one, so an interrupted run resumes. ``available_only``:
+    regenerate nothing, None for the rows not in the cache."""
+    done: dict[str, list[list[str]]] = {}
+    key = {"results_date": payload["provenance"]["date"], "samples_per_seed": num}
+    if cache and os.path.isfile(cache):
+        with open(cache) as f:
+            stored = json.load(f)
+        if {k: stored.get(k) for k in key} == key:
+            done = stored["texts"]
+            print(f"{len(done)} rows from {cache}", flush=True)
+    order = sorted(range(len(payload["rows"])), key=lambda i: payload["rows"][i]["nfe"])
+    for i in order:
+        r = payload["rows"][i]
+        label = f"{r['sampler']} @ {r['nfe']}"
+        if label in done or available_only:
+            continue
+        t0 = time.perf_counter()
         kw = row_sampler(r, run, teacher.noise)
-        toks = [run_sampler(teacher, seed=s, num_samples=run.samples, **kw) for s in payload["seeds"]]
-        stored = r.get("decoded") or []
-        got = [teacher.decode(t) for t in toks[0][: len(stored)]]
-        if got != stored:
-            raise RuntimeError(f"row {r['sampler']} @ {r['nfe']}: regenerated samples differ from the stored ones")
-        digest = hashlib.sha256(b"".join(t[:per_seed].tobytes() for t in toks)).hexdigest()
+        texts = [[teacher.decode(t) for t in run_sampler(teacher, seed=s, num_samples=num, **kw)]
+                 for s in payload["seeds"]]
+        stored = (r.get("decoded") or [])[:num]
+        if texts[0][: len(stored)] != stored:
+            raise RuntimeError(f"row {label}: regenerated samples differ from the stored ones")
+        done[label] = texts
+        if cache:
+            with open(cache, "w") as f:
+                json.dump({**key, "texts": done}, f)
+        print(f"  regenerated {label} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return [done.get(f"{r['sampler']} @ {r['nfe']}") for r in payload["rows"]]
+
+
+def text_rows(payload: dict, texts: list[list[list[str]]], per_seed: int) -> list[dict]:
+    """Per row: its first ``per_seed`` texts of each seed (seed-major) and a key shared by
+    rows with identical texts (scored once)."""
+    rows, keys = [], {}
+    for r, by_seed in zip(payload["rows"], texts):
+        mine = [t for tt in by_seed for t in tt[:per_seed]]
+        digest = _digest(mine)
         label = f"{r['sampler']} @ {r['nfe']}"
         keys.setdefault(digest, label)
-        rows.append({"sampler": r["sampler"], "nfe": r["nfe"], "key": keys[digest], "label": label,
-                     "texts": [teacher.decode(t) for tt in toks for t in tt[:per_seed]]})
-        print(f"  regenerated {label}" + ("" if keys[digest] == label else f" (same samples as {keys[digest]})"),
-              flush=True)
-    return rows, {"checked_decoded": sum(len(r.get("decoded") or []) for r in payload["rows"])}
+        rows.append({"sampler": r["sampler"], "nfe": r["nfe"], "key": keys[digest], "label": label, "texts": mine})
+    return rows
 
 
 def anchors_for(checkpoint: str, teacher, num: int, seed: int) -> dict[str, list[str]]:
@@ -111,38 +154,79 @@ def anchors_for(checkpoint: str, teacher, num: int, seed: int) -> dict[str, list
     return anchor_texts(corpus.train.ravel(), corpus.validation, teacher.decode, teacher.graph.num_tokens, num, seed)
 
 
-def evaluate(ev, rows: list[dict], anchors: dict[str, list[str]]) -> dict:
-    """All scores under one evaluator: row values, paired intervals, anchor intervals."""
+def _digest(texts: list[str]) -> str:
+    return hashlib.sha256("\0".join(texts).encode()).hexdigest()
+
+
+def scores(name: str, groups: dict[str, list[str]], cache_dir: str | None, score_missing: bool = True,
+           first: tuple[str, ...] = ()) -> tuple[dict | None, dict]:
+    """Per-text scores of each group of texts under evaluator ``name``, and the
+    evaluator's description. With ``cache_dir``, scores are kept per group of texts in
+    ``<cache_dir>/scores-<name>.json`` (saved after each group, groups in ``first`` first)
+    and only groups not in it are scored; the evaluator is not loaded when none is
+    missing. ``score_missing`` False: missing groups are left out of the result."""
     import transformers
 
-    unique = {r["key"]: r["texts"] for r in rows if r["key"] == r["label"]}
-    order = list(unique) + [f"anchor:{a}" for a in anchors]
-    texts = [t for k in unique for t in unique[k]] + [t for a in anchors for t in anchors[a]]
-    t0 = time.perf_counter()
-    s = score_texts(ev, texts, progress=True)
-    secs = time.perf_counter() - t0
-    per, i = {}, 0
-    for k in order:
-        n = len(unique[k]) if k in unique else len(anchors[k[7:]])
-        per[k] = type(s)(s.evaluator, s.nll[i:i + n], s.tokens[i:i + n], s.chars[i:i + n])
-        i += n
+    from lsd_jax.eval.char_nll import TextScores
+    from lsd_jax.eval.genppl import load_evaluator
+
+    path = os.path.join(cache_dir, f"scores-{os.path.basename(name)}.json") if cache_dir else None
+    store = {"meta": None, "scores": {}}
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            store = json.load(f)
+    missing = [k for k, texts in groups.items() if _digest(texts) not in store["scores"]]
+    missing.sort(key=lambda k: first.index(k) if k in first else len(first))
+    if score_missing and (missing or store["meta"] is None):
+        t0 = time.perf_counter()
+        ev = load_evaluator(name, check=True)
+        print(f"evaluator {ev.name}: known English text gen-PPL {ev.known_text_ppl:.1f}; loaded in "
+              f"{time.perf_counter() - t0:.0f} s; scoring {len(missing)} groups", flush=True)
+        store["meta"] = store["meta"] or {"evaluator": ev.name, "context_length": ev.context_length,
+                                          "known_text_ppl": ev.known_text_ppl,
+                                          "transformers": transformers.__version__, "seconds": 0.0}
+        for k in missing:
+            t0 = time.perf_counter()
+            s = score_texts(ev, groups[k])
+            store["meta"]["seconds"] += time.perf_counter() - t0
+            store["scores"][_digest(groups[k])] = {"nll": s.nll.tolist(), "tokens": s.tokens.tolist(),
+                                                   "chars": s.chars.tolist()}
+            print(f"  {name}: scored {k} ({int(s.tokens.sum())} tokens, {time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+            if path:
+                os.makedirs(cache_dir, exist_ok=True)
+                with open(path + ".tmp", "w") as f:
+                    json.dump(store, f)
+                os.replace(path + ".tmp", path)
+    meta = store["meta"]
+    per = {k: TextScores(meta["evaluator"], *(np.asarray(store["scores"][_digest(t)][f], dt)
+                                              for f, dt in (("nll", np.float64), ("tokens", np.int64),
+                                                            ("chars", np.int64))))
+           for k, t in groups.items() if _digest(t) in store["scores"]}
+    return meta, per
+
+
+def evaluate(meta: dict, per: dict, rows: list[dict], anchors: dict[str, list[str]]) -> dict:
+    """All results under one evaluator from its per-text scores ``per`` (keyed by row key
+    and "anchor:<name>"): row values, paired intervals, anchor intervals."""
     m0 = min(r["nfe"] for r in rows if r["sampler"] == "euler")
     out_rows = []
     for r in rows:
+        if r["key"] not in per:  # not scored (--cached-only)
+            continue
         sc = per[r["key"]]
         row = {"sampler": r["sampler"], "nfe": r["nfe"], "same_samples_as": None if r["key"] == r["label"] else r["key"],
                **sc.summary(), "nll_per_char_interval": mean_interval(sc.nll_per_char, LEVEL).to_dict()}
         for tag, nfe in (("vs_euler", r["nfe"]), ("vs_euler_min", m0)):
             base = next((b for b in rows if b["sampler"] == "euler" and b["nfe"] == nfe), None)
-            if base is not None and base["label"] != r["label"]:
+            if base is not None and base["label"] != r["label"] and base["key"] in per:
                 row[tag] = {"baseline": base["label"],
                             **paired_difference(sc.nll_per_char, per[base["key"]].nll_per_char, LEVEL).to_dict()}
         out_rows.append(row)
     out_anchors = [{"anchor": a, **per[f"anchor:{a}"].summary(),
                     "nll_per_char_interval": mean_interval(per[f"anchor:{a}"].nll_per_char, LEVEL).to_dict()}
-                   for a in anchors]
-    return {"evaluator": ev.name, "context_length": ev.context_length, "known_text_ppl": ev.known_text_ppl,
-            "transformers": transformers.__version__, "scored_tokens": int(s.tokens.sum()), "seconds": secs,
+                   for a in anchors if f"anchor:{a}" in per]
+    return {**meta, "scored_tokens": int(sum(p.tokens.sum() for p in per.values())),
             "rows": out_rows, "anchors": out_anchors}
 
 
@@ -153,8 +237,8 @@ def rank_agreement(results: list[dict]) -> list[dict]:
     out = []
     for a in range(len(results)):
         for b in range(a + 1, len(results)):
-            ra = [r for r in results[a]["rows"] if r["same_samples_as"] is None]
             rb = {(r["sampler"], r["nfe"]): r for r in results[b]["rows"]}
+            ra = [r for r in results[a]["rows"] if r["same_samples_as"] is None and (r["sampler"], r["nfe"]) in rb]
             row = {"evaluators": [results[a]["evaluator"], results[b]["evaluator"]], "rows": len(ra)}
             for k in ("nll_per_char", "genppl"):
                 row[k] = float(spearmanr([r[k] for r in ra], [rb[(r["sampler"], r["nfe"])][k] for r in ra])[0])
@@ -164,8 +248,6 @@ def rank_agreement(results: list[dict]) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from lsd_jax.eval.genppl import load_evaluator
-
     jpath = os.path.join(RESULTS, args.results + ".json")
     with open(jpath) as f:
         payload = json.load(f)
@@ -180,23 +262,38 @@ def main(argv=None) -> int:
     teacher = bench_teacher(checkpoint)
     print(f"regenerating {len(payload['rows'])} rows x {len(payload['seeds'])} seeds x {run.samples} samples",
           flush=True)
-    rows, check = regenerate(teacher, payload, run, per_seed)
+    num = args.regen_samples or run.samples
+    if not per_seed <= num <= run.samples:
+        raise SystemExit(f"--regen-samples must be in [--texts-per-seed {per_seed}, {run.samples}], got {num}")
+    texts = regenerate(teacher, payload, run, num, args.texts_cache, available_only=args.available_only)
+    if args.available_only:  # only the rows regenerated so far; fills --scores-cache, writes no results
+        payload = {**payload, "rows": [r for r, t in zip(payload["rows"], texts) if t is not None]}
+        texts = [t for t in texts if t is not None]
+    check = {"checked_decoded": sum(len((r.get("decoded") or [])[:num]) for r in payload["rows"]),
+             "samples_per_seed": num}
+    rows = text_rows(payload, texts, per_seed)
     anchors = anchors_for(checkpoint, teacher, per_seed * len(payload["seeds"]), args.anchor_seed)
-    results = []
-    for name in args.evaluators:
-        ev = load_evaluator(name, check=True)
-        print(f"evaluator {ev.name}: known English text gen-PPL {ev.known_text_ppl:.1f}", flush=True)
-        results.append(evaluate(ev, rows, anchors))
-        del ev
-        print(markdown_evaluator(results[-1], per_seed, payload["seeds"]), flush=True)
-    payload["text_eval"] = {
-        "provenance": provenance(), "texts_per_seed": per_seed, "level": LEVEL, "anchor_seed": args.anchor_seed,
-        "regenerated": check, "evaluators": results, "rank_agreement": rank_agreement(results),
-        "anchor_examples": {a: t[:2] for a, t in anchors.items()}, "seconds": time.perf_counter() - t_start,
-    }
-    md = nvq.markdown(payload, teacher) + markdown_text_eval(payload)
-    jpath, mpath = write_results(args.results, payload, md)
-    print(f"wrote {jpath}, {mpath}")
+    old = payload.get("text_eval") or {}
+    same_texts = (old.get("texts_per_seed"), old.get("anchor_seed")) == (per_seed, args.anchor_seed)
+    results = [e for e in old.get("evaluators", []) if same_texts and e.get("name") not in args.evaluators]
+    if results:
+        print(f"keeping the stored scores of {', '.join(e['name'] for e in results)} (same texts)", flush=True)
+    groups = {r["key"]: r["texts"] for r in rows if r["key"] == r["label"]}
+    groups.update({f"anchor:{a}": t for a, t in anchors.items()})
+    for name in args.evaluators:  # results are written after each evaluator
+        meta, per = scores(name, groups, args.scores_cache, score_missing=not args.cached_only, first=FIRST)
+        if args.available_only or meta is None:
+            continue
+        results.append({"name": name, **evaluate(meta, per, rows, anchors)})
+        print(markdown_evaluator(results[-1]), flush=True)
+        payload["text_eval"] = {
+            "provenance": provenance(), "texts_per_seed": per_seed, "level": LEVEL, "anchor_seed": args.anchor_seed,
+            "regenerated": check, "evaluators": results, "rank_agreement": rank_agreement(results),
+            "anchor_examples": {a: t[:2] for a, t in anchors.items()}, "seconds": time.perf_counter() - t_start,
+        }
+        md = nvq.markdown(payload, teacher) + markdown_text_eval(payload)
+        jpath, mpath = write_results(args.results, payload, md)
+        print(f"wrote {jpath}, {mpath}", flush=True)
     return 0
 
 
@@ -204,7 +301,7 @@ def _pm(iv: dict, f: str = "+.3f") -> str:
     return f"{iv['mean']:{f}} [{iv['low']:{f}}, {iv['high']:{f}}]"
 
 
-def markdown_evaluator(res: dict, per_seed: int, seeds) -> str:
+def markdown_evaluator(res: dict) -> str:
     """One evaluator's table: sampler rows, then the anchors."""
     lines = [f"### {res['evaluator']}", "",
              f"transformers {res['transformers']}; context {res['context_length']}; known English text "
@@ -235,7 +332,8 @@ def markdown_text_eval(payload: dict) -> str:
              f"- date: {p['date']}; commit {p['commit']}; machine: {p['machine']}",
              f"- command: `{p['command']}`",
              f"- texts: the first {te['texts_per_seed']} held-out samples of each seed {payload['seeds']} per row "
-             f"({n} per row), regenerated from the stored grids / phi (the {te['regenerated']['checked_decoded']} "
+             f"({n} per row), regenerated from the stored grids / phi (the first "
+             f"{te['regenerated']['samples_per_seed']} per seed; the {te['regenerated']['checked_decoded']} "
              "stored decoded samples reproduced exactly); rows with identical samples are scored once",
              "- NLL/char: the evaluator's total NLL of each text with a BOS in front (every token scored) over "
              "its characters; row value = total NLL / total characters, with the 95% t interval of the "
@@ -246,7 +344,7 @@ def markdown_text_eval(payload: dict) -> str:
              "with words shuffled, draws of a character-bigram model of the training split (add-0.5), "
              "uniformly random characters of the alphabet", ""]
     for res in te["evaluators"]:
-        lines.append(markdown_evaluator(res, te["texts_per_seed"], payload["seeds"]))
+        lines.append(markdown_evaluator(res))
     if te["rank_agreement"]:
         lines += ["### Rank agreement of the evaluators (Spearman, distinct sampler rows)", "",
                   "| evaluators | rows | NLL/char | gen-PPL (BOS) |", "|---|---|---|---|"]
