@@ -67,6 +67,8 @@ def parse(argv=None):
                    help="directory of per-evaluator scores (scores-<name>.json), read and extended")
     p.add_argument("--available-only", action="store_true",
                    help="score only the rows already in --texts-cache into --scores-cache; write no results")
+    p.add_argument("--first", nargs="*", default=list(FIRST),
+                   help="groups scored first, e.g. 'euler @ 8' 'anchor:real' (default: the ones the conclusions use)")
     p.add_argument("--cached-only", action="store_true",
                    help="load no evaluator: results from --scores-cache, rows not in it left out")
     args = p.parse_args(argv)
@@ -281,7 +283,8 @@ def main(argv=None) -> int:
     groups = {r["key"]: r["texts"] for r in rows if r["key"] == r["label"]}
     groups.update({f"anchor:{a}": t for a, t in anchors.items()})
     for name in args.evaluators:  # results are written after each evaluator
-        meta, per = scores(name, groups, args.scores_cache, score_missing=not args.cached_only, first=FIRST)
+        meta, per = scores(name, groups, args.scores_cache, score_missing=not args.cached_only,
+                           first=tuple(args.first))
         if args.available_only or meta is None:
             continue
         results.append({"name": name, **evaluate(meta, per, rows, anchors)})

@@ -88,6 +88,25 @@ def score_windows(n: int, context_length: int, stride: int) -> list[tuple[int, i
         begin += stride
 
 
+def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """Save ``tokenizer`` to ``directory`` (atomically) if the saved copy encodes
+    ``KNOWN_TEXT`` to the same ids and has the same special tokens; else save nothing."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
+    tokenizer.save_pretrained(str(tmp))
+    again = AutoTokenizer.from_pretrained(str(tmp))
+    same = (again(KNOWN_TEXT, add_special_tokens=False)["input_ids"]
+            == tokenizer(KNOWN_TEXT, add_special_tokens=False)["input_ids"]
+            and (again.bos_token_id, again.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id))
+    if same and not directory.exists():
+        os.replace(tmp, directory)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _auto_device(device: Any) -> Any:
     import torch
 
@@ -134,10 +153,13 @@ class CausalLMEvaluator:
         device: Any = None,
         context_length: int | None = None,
         name: str | None = None,
+        tokenizer_cache: str | os.PathLike | None = None,
     ) -> "CausalLMEvaluator":
         """Load a transformers causal LM (float32) and its tokenizer from a local
         directory; ``gguf_file`` names a GGUF file inside it (needs ``gguf`` and
-        ``accelerate``), and a path to a .gguf file is split into both."""
+        ``accelerate``), and a path to a .gguf file is split into both.
+        ``tokenizer_cache``: a directory for the tokenizer converted from the GGUF file
+        (minutes for a large vocabulary): read when present, else written."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -154,7 +176,13 @@ class CausalLMEvaluator:
             if not (path / gguf_file).is_file():
                 raise FileNotFoundError(f"{path / gguf_file} does not exist")
             kw["gguf_file"] = gguf_file
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kw)
+        tok_dir = Path(tokenizer_cache) if tokenizer_cache is not None and gguf_file is not None else None
+        if tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **kw)
+            if tok_dir is not None:
+                _save_tokenizer(tokenizer, tok_dir)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kw)
         if name is None:
             name = f"{Path(gguf_file).stem} (GGUF, float32)" if gguf_file else (path.name or str(path))
@@ -400,8 +428,12 @@ def load_evaluator(
     only for the named evaluators."""
     if str(name_or_path) in GGUF_EVALUATORS:
         spec = GGUF_EVALUATORS[str(name_or_path)]
+        from lsd_jax.data.corpus import cache_root
+
         path = evaluator_gguf(spec.name, cache_dir)
-        ev = CausalLMEvaluator.from_pretrained(path, device=device, context_length=context_length, name=spec.label)
+        tok_dir = cache_root(cache_dir) / "evaluators" / spec.name / "tokenizer"
+        ev = CausalLMEvaluator.from_pretrained(path, device=device, context_length=context_length, name=spec.label,
+                                               tokenizer_cache=tok_dir)
     else:
         path = Path(name_or_path).expanduser()
         if not path.exists():
