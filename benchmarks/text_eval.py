@@ -70,7 +70,8 @@ def parse(argv=None):
     p.add_argument("--first", nargs="*", default=list(FIRST),
                    help="groups scored first, e.g. 'euler @ 8' 'anchor:real' (default: the ones the conclusions use)")
     p.add_argument("--cached-only", action="store_true",
-                   help="load no evaluator: results from --scores-cache, rows not in it left out")
+                   help="load no evaluator and regenerate nothing: results from --texts-cache and "
+                        "--scores-cache, rows not in them left out")
     args = p.parse_args(argv)
     path = os.path.join(RESULTS, args.results + ".json")
     if not os.path.isfile(path):
@@ -228,8 +229,9 @@ def evaluate(meta: dict, per: dict, rows: list[dict], anchors: dict[str, list[st
     out_anchors = [{"anchor": a, **per[f"anchor:{a}"].summary(),
                     "nll_per_char_interval": mean_interval(per[f"anchor:{a}"].nll_per_char, LEVEL).to_dict()}
                    for a in anchors if f"anchor:{a}" in per]
+    not_scored = [r["label"] for r in rows if r["key"] not in per] + [a for a in anchors if f"anchor:{a}" not in per]
     return {**meta, "scored_tokens": int(sum(p.tokens.sum() for p in per.values())),
-            "rows": out_rows, "anchors": out_anchors}
+            "rows": out_rows, "anchors": out_anchors, "not_scored": not_scored}
 
 
 def rank_agreement(results: list[dict]) -> list[dict]:
@@ -267,8 +269,9 @@ def main(argv=None) -> int:
     num = args.regen_samples or run.samples
     if not per_seed <= num <= run.samples:
         raise SystemExit(f"--regen-samples must be in [--texts-per-seed {per_seed}, {run.samples}], got {num}")
-    texts = regenerate(teacher, payload, run, num, args.texts_cache, available_only=args.available_only)
-    if args.available_only:  # only the rows regenerated so far; fills --scores-cache, writes no results
+    cached = args.available_only or args.cached_only
+    texts = regenerate(teacher, payload, run, num, args.texts_cache, available_only=cached)
+    if cached:  # only the rows regenerated so far (--available-only: fill --scores-cache, write no results)
         payload = {**payload, "rows": [r for r, t in zip(payload["rows"], texts) if t is not None]}
         texts = [t for t in texts if t is not None]
     check = {"checked_decoded": sum(len((r.get("decoded") or [])[:num]) for r in payload["rows"]),
@@ -324,6 +327,8 @@ def markdown_evaluator(res: dict) -> str:
         cells = [f"*anchor: {a['anchor']}*", "", _pm(a["nll_per_char_interval"], ".4f"), f"{a['bits_per_char']:.4f}",
                  "", "", f"{a['genppl']:.1f}", f"{a['genppl_per_sample']:.1f}", f"{a['chars_per_token']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    if res.get("not_scored"):
+        lines += ["", f"Not scored under this evaluator (out of CPU time): {', '.join(res['not_scored'])}."]
     return "\n".join(lines) + "\n"
 
 
