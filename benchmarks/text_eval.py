@@ -42,7 +42,7 @@ import nfe_vs_quality as nvq  # noqa: E402
 from lsd_jax import grids  # noqa: E402
 from lsd_jax.eval.anchors import ANCHORS, anchor_texts  # noqa: E402
 from lsd_jax.eval.char_nll import mean_interval, paired_difference, score_texts  # noqa: E402
-from lsd_jax.evaluate import run_sampler  # noqa: E402
+from lsd_jax.eval.sampling import run_sampler  # noqa: E402
 
 LEVEL = 0.95
 # scored first (the cache is saved after each group): the rows and anchors the conclusions rest on

