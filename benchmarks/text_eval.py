@@ -271,11 +271,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"--regen-samples must be in [--texts-per-seed {per_seed}, {run.samples}], got {num}")
     cached = args.available_only or args.cached_only
     texts = regenerate(teacher, payload, run, num, args.texts_cache, available_only=cached)
+    absent = [f"{r['sampler']} @ {r['nfe']}" for r, t in zip(payload["rows"], texts) if t is None]
     if cached:  # only the rows regenerated so far (--available-only: fill --scores-cache, write no results)
         payload = {**payload, "rows": [r for r, t in zip(payload["rows"], texts) if t is not None]}
         texts = [t for t in texts if t is not None]
     check = {"checked_decoded": sum(len((r.get("decoded") or [])[:num]) for r in payload["rows"]),
-             "samples_per_seed": num}
+             "samples_per_seed": num, "not_regenerated": absent}
     rows = text_rows(payload, texts, per_seed)
     anchors = anchors_for(checkpoint, teacher, per_seed * len(payload["seeds"]), args.anchor_seed)
     old = payload.get("text_eval") or {}
@@ -342,7 +343,9 @@ def markdown_text_eval(payload: dict) -> str:
              f"- texts: the first {te['texts_per_seed']} held-out samples of each seed {payload['seeds']} per row "
              f"({n} per row), regenerated from the stored grids / phi (the first "
              f"{te['regenerated']['samples_per_seed']} per seed; the {te['regenerated']['checked_decoded']} "
-             "stored decoded samples reproduced exactly); rows with identical samples are scored once",
+             "stored decoded samples reproduced exactly); rows with identical samples are scored once"
+             + (f"; not regenerated (out of CPU time): {', '.join(te['regenerated']['not_regenerated'])}"
+                if te["regenerated"].get("not_regenerated") else ""),
              "- NLL/char: the evaluator's total NLL of each text with a BOS in front (every token scored) over "
              "its characters; row value = total NLL / total characters, with the 95% t interval of the "
              "per-text mean; bits = nats / ln 2. gen-PPL here uses the same BOS scoring (the table above: no BOS)",
