@@ -10,7 +10,10 @@ own many-step samples. Grids and learned parameters are chosen on other seeds.
     python benchmarks/nfe_vs_quality.py --graph absorb --name exact-absorb
     python benchmarks/nfe_vs_quality.py --checkpoint checkpoints/chain-absorb --name net-chain-absorb
 
-Writes benchmarks/results/<name>.json, .md and .png.
+Writes benchmarks/results/<name>.json, .md and .png. On a text checkpoint, follow with
+``text_eval.py --results <name>`` for the evaluators' NLL per character with paired
+intervals against Euler and the anchor rows (``--genppl`` here is per-token gen-PPL only,
+which does not rank samplers on character-level text).
 """
 
 from __future__ import annotations
