@@ -8,6 +8,7 @@ own many-step samples. Grids and learned parameters are chosen on other seeds.
 
     python benchmarks/nfe_vs_quality.py --graph absorb --name exact-absorb
     python benchmarks/nfe_vs_quality.py --checkpoint checkpoints/chain-absorb --name net-chain-absorb
+    python benchmarks/nfe_vs_quality.py --teacher hmm --graph absorb --name hmm-absorb
 
 Writes benchmarks/results/<name>.json, .md and .png.
 """
@@ -29,6 +30,7 @@ from lsd_jax import distill, grids, tune  # noqa: E402
 from lsd_jax._compat import enable_x64  # noqa: E402
 from lsd_jax.divergences import ngram_divergence  # noqa: E402
 from lsd_jax.evaluate import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
+from lsd_jax.teachers import EXACT_TEACHERS  # noqa: E402
 from lsd_jax.teachers.markov import unigram_entropy  # noqa: E402
 
 LSD_VARIANTS = {  # name -> (method, loss, reading)
@@ -43,7 +45,8 @@ LSD_VARIANTS = {  # name -> (method, loss, reading)
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="network teacher directory (else the exact markov teacher)")
+    p.add_argument("--checkpoint", default=None, help="network teacher directory (else the exact --teacher)")
+    p.add_argument("--teacher", choices=EXACT_TEACHERS, default="markov", help="the exact teacher (default markov)")
     p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb")
     p.add_argument("--noise", choices=["loglinear", "geometric"], default=None)
     p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler", help="step of the learned samplers")
@@ -123,7 +126,7 @@ class Evaluator:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    teacher = bench_teacher(args.checkpoint, args.graph, args.noise)
+    teacher = bench_teacher(args.checkpoint, args.graph, args.noise, args.teacher)
     t_start = time.perf_counter()
     ev = Evaluator(teacher, args)
     seeds = ev.seeds
@@ -140,7 +143,7 @@ def main(argv=None) -> int:
     select_div = tune_divs.get(sel_name) or tune.make_divergence(sel_name, teacher, ref)
 
     rows = []
-    main_keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else \
+    main_keys = ("nll",) + exact_divergence_keys(teacher) + ("unigram_entropy",) if teacher.exact else \
         ("ngram", "unigram_entropy") + (("genppl",) if args.genppl else ())
 
     def add(sampler, nfe, res, extra=None):
@@ -202,9 +205,9 @@ def main(argv=None) -> int:
                                                phi=np.asarray(last["phi"]), reading=reading)[0],
                     {"phi": last["phi"], "grid": last["grid"]})
 
-    # share of the Euler -> teacher gap closed: by the exact divergence where there is one,
-    # else by the n-gram divergence against the teacher's held-out samples
-    key = "bigram_kl" if teacher.exact else "ngram"
+    # share of the Euler -> teacher gap closed: by the exact (headline) divergence where there
+    # is one, else by the n-gram divergence against the teacher's held-out samples
+    key = exact_divergence_keys(teacher)[0] if teacher.exact else "ngram"
     ceiling = rows[0][key]
     for r in rows:
         base = [e for e in rows if e["sampler"] == "euler" and e["nfe"] == r["nfe"]]
@@ -224,6 +227,39 @@ def main(argv=None) -> int:
     return 0
 
 
+# --- exact teachers: the divergences of a row and the header of the table -----------------
+DIVERGENCE_LABELS = {"bigram_kl": "bigram KL", "lag_kl": "lag KL (mean of 1, 2, 4, 8)", "lag_kl_8": "lag-8 KL",
+                     "ngram": "n-gram div."}
+
+
+def exact_divergence_keys(teacher) -> tuple:
+    """The exact divergences a row reports; the first is the headline (gap closed, plot).
+    HMM: the mean lag-1/2/4/8 pair KL (it sees the long-range dependence bigram KL cannot),
+    then bigram KL (comparable with the chain's tables) and lag-8 KL; chain: bigram KL."""
+    head = teacher.oracle.HEADLINE
+    return (head,) + tuple(k for k in ("bigram_kl", "lag_kl_8") if k != head and teacher.hmm is not None)
+
+
+def exact_header_lines(teacher, samples: int) -> list:
+    """What the exact teacher is, its entropies and the sampling floors of its divergences."""
+    o = teacher.oracle
+    v, length = o.num_tokens, o.length
+    floor = lambda lag: (v * v - 1) / (2 * samples * (length - lag))  # noqa: E731
+    if teacher.hmm is None:
+        return [f"- chain entropy rate {o.entropy_rate():.4f} nats/token, unigram entropy "
+                f"{o.unigram_entropy():.4f}; bigram KL floor at this sample size ~{floor(1):.4f}",
+                "- gap closed = (KL_euler - KL) / (KL_euler - KL_teacher) at the same NFE (exact bigram KL)"]
+    lags = [d for d in (1, 2, 4, 8) if d < length]
+    mi = ", ".join(f"{o.mutual_information(d):.3f}" for d in lags)
+    return [f"- HMM H {o.num_states}, V {v}, L {length}: entropy rate {o.entropy_rate():.4f} ± "
+            f"{o.entropy_rate_se():.4f} nats/token (Monte Carlo over exact samples), unigram entropy "
+            f"{o.unigram_entropy():.4f}; mutual information between tokens at lags {lags}: {mi} nats",
+            f"- lag-d KL = KL(empirical || exact) of position-averaged pairs (x_i, x_i+d); floors at this sample "
+            f"size ~{floor(1):.4f} (lag 1) to ~{floor(lags[-1]):.4f} (lag {lags[-1]}); lag KL = their mean "
+            f"over d in {lags}, the headline",
+            "- gap closed = (KL_euler - KL) / (KL_euler - KL_teacher) at the same NFE (exact lag KL)"]
+
+
 def markdown(payload: dict, teacher) -> str:
     p = payload["provenance"]
     exact = teacher.exact
@@ -240,11 +276,7 @@ def markdown(payload: dict, teacher) -> str:
              "- time: wall seconds of choosing the grid / tuning / distilling on this machine",
              ]
     if exact:
-        ch = teacher.chain
-        lines.append(f"- chain entropy rate {ch.entropy_rate():.4f} nats/token, unigram entropy "
-                     f"{ch.unigram_entropy():.4f}; bigram KL floor at this sample size "
-                     f"~{(ch.num_tokens ** 2 - 1) / (2 * payload['samples'] * (ch.length - 1)):.4f}")
-        lines.append("- gap closed = (KL_euler - KL) / (KL_euler - KL_teacher) at the same NFE (exact bigram KL)")
+        lines += exact_header_lines(teacher, payload["samples"])
     else:
         lines.append("- n-gram = symmetric unigram + bigram KL (add-0.5) against the teacher's held-out samples "
                      "of the other seeds; gap closed is measured by it (no exact divergence for this teacher)")
@@ -253,8 +285,9 @@ def markdown(payload: dict, teacher) -> str:
                      "per seed: exp(mean token NLL) / mean of per-sample PPL. Lower gen-PPL at lower entropy "
                      "is sharpening, not quality: read it with the entropy column")
     lines.append("")
-    cols = ["sampler", "NFE"] + (["NLL/token", "bigram KL"] if exact else ["n-gram div."]) + ["gap closed",
-                                                                                          "unigram entropy"]
+    div_keys = exact_divergence_keys(teacher) if exact else ("ngram",)
+    cols = ["sampler", "NFE"] + (["NLL/token"] if exact else []) + [DIVERGENCE_LABELS[k] for k in div_keys]
+    cols += ["gap closed", "unigram entropy"]
     if gp:
         cols += ["gen-PPL", "gen-PPL (per-sample mean)"]
     cols.append("time (s)")
@@ -262,7 +295,7 @@ def markdown(payload: dict, teacher) -> str:
     pm = lambda r, k, f=".4f": f"{r[k]:{f}} ± {r[k + '_std']:{f}}"
     for r in payload["rows"]:
         cells = [r["sampler"] + (f" ({r['grid_name']})" if "grid_name" in r else ""), str(r["nfe"])]
-        cells += [pm(r, "nll"), pm(r, "bigram_kl")] if exact else [pm(r, "ngram")]
+        cells += ([pm(r, "nll")] if exact else []) + [pm(r, k) for k in div_keys]
         cells.append("" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%")
         cells.append(pm(r, "unigram_entropy"))
         if gp:
@@ -292,7 +325,7 @@ def plot(payload: dict, path: str, teacher) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = payload.get("gap_key") or ("bigram_kl" if teacher.exact else "ngram")
+    key = payload.get("gap_key") or (exact_divergence_keys(teacher)[0] if teacher.exact else "ngram")
     keys = [key, "unigram_entropy"] + (["genppl"] if payload.get("genppl") else [])
     rows = [r for r in payload["rows"] if not r["sampler"].startswith("teacher") and "last epoch" not in r["sampler"]
             and "float64" not in r["sampler"]]
@@ -312,7 +345,7 @@ def plot(payload: dict, path: str, teacher) -> None:
         ax.set_xlabel("NFE")
         ax.set_ylabel(k)
     if teacher.exact:
-        axes[1].axhline(teacher.chain.unigram_entropy(), color="k", lw=0.8, label="data")
+        axes[1].axhline(teacher.oracle.unigram_entropy(), color="k", lw=0.8, label="data")
     axes[0].set_yscale("log")
     axes[0].set_ylabel(key + " (log)")
     axes[1].set_ylabel("unigram entropy (nats)")

@@ -13,15 +13,22 @@ DEFAULT_EPS = 1e-4  # terminal time of every sampler (the paper's; SEDD's own us
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
+    from lsd_jax.teachers import EXACT_TEACHERS, TEACHER_DEFAULTS
+
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--teacher", choices=["markov"], default=None, help="exact synthetic teacher (default)")
+    src.add_argument("--teacher", choices=EXACT_TEACHERS, default=None,
+                     help="exact synthetic teacher: markov (first-order chain, the default) or hmm (hidden "
+                          "Markov model with long-range dependence)")
     src.add_argument("--checkpoint", default=None, help="converted or HF-layout SEDD-family checkpoint directory")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb", help="graph of the markov teacher")
+    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb", help="graph of the exact teacher")
     p.add_argument("--noise", choices=["loglinear", "geometric"], default=None,
-                   help="noise schedule of the markov teacher (default: loglinear for absorb, geometric for uniform)")
-    p.add_argument("--teacher-vocab", type=int, default=16, help="markov teacher: tokens V")
-    p.add_argument("--teacher-length", type=int, default=32, help="markov teacher: sequence length L")
-    p.add_argument("--teacher-seed", type=int, default=0, help="markov teacher: seed of the chain")
+                   help="noise schedule of the exact teacher (default: loglinear for absorb, geometric for uniform)")
+    dflt = lambda k: ", ".join(f"{t} {d[k]}" for t, d in TEACHER_DEFAULTS.items() if k in d)  # noqa: E731
+    p.add_argument("--teacher-vocab", type=int, default=None, help=f"exact teacher: tokens V (default {dflt('vocab')})")
+    p.add_argument("--teacher-length", type=int, default=None,
+                   help=f"exact teacher: sequence length L (default {dflt('length')})")
+    p.add_argument("--teacher-seed", type=int, default=0, help="exact teacher: seed of the chain / HMM")
+    p.add_argument("--hmm-states", type=int, default=None, help=f"hmm teacher: hidden states H (default {dflt('states')})")
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -36,19 +43,30 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_teacher(args):
-    """Teacher from CLI args: --checkpoint DIR or the markov chain."""
+    """Teacher from CLI args: --checkpoint DIR, or the exact teacher --teacher markov|hmm."""
     from lsd_jax import teachers
 
     if getattr(args, "checkpoint", None):
         from lsd_jax.teachers import checkpoint as ckpt_teacher
 
+        if getattr(args, "hmm_states", None) is not None:
+            raise ValueError("--hmm-states applies to --teacher hmm only, not to --checkpoint")
         return ckpt_teacher.load_teacher(args.checkpoint)
-    for field in ("teacher_vocab", "teacher_length"):
-        if getattr(args, field) < 2:
-            raise ValueError(f"--{field.replace('_', '-')} must be >= 2, got {getattr(args, field)}")
-    return teachers.markov_teacher(
-        graph=args.graph, noise=args.noise, vocab=args.teacher_vocab, length=args.teacher_length, seed=args.teacher_seed
-    )
+    kind = getattr(args, "teacher", None) or "markov"
+    size = dict(teachers.TEACHER_DEFAULTS[kind])
+    if args.hmm_states is not None:
+        if kind != "hmm":
+            raise ValueError(f"--hmm-states applies to --teacher hmm only, not to --teacher {kind}")
+        size["states"] = args.hmm_states
+    for field, key in (("teacher_vocab", "vocab"), ("teacher_length", "length")):
+        if getattr(args, field) is not None:
+            size[key] = getattr(args, field)
+    for key, v in size.items():
+        if v < 2:
+            flag = "--hmm-states" if key == "states" else f"--teacher-{key}"
+            raise ValueError(f"{flag} must be >= 2, got {v}")
+    make = teachers.hmm_teacher if kind == "hmm" else teachers.markov_teacher
+    return make(graph=args.graph, noise=args.noise, seed=args.teacher_seed, **size)
 
 
 def _device_info() -> dict:
@@ -121,7 +139,8 @@ def cmd_sample(args) -> int:
     }
     if params_info:
         result["sampler_params"] = params_info
-    shown = ("nfe", "sampler", "graph", "nll", "data_entropy", "unigram_entropy", "bigram_kl", "seconds")
+    shown = ("nfe", "sampler", "graph", "nll", "data_entropy", "data_entropy_se", "unigram_entropy", "bigram_kl",
+             "lag_kl", "seconds")
     print(" ".join(f"{k}={result[k]:.4g}" if isinstance(result[k], float) else f"{k}={result[k]}"
                    for k in shown if k in result))
     if teacher.decode is not None:
@@ -169,6 +188,7 @@ def _compare(teacher, rows: dict, args) -> dict:
     seeds = [HELD_OUT_SEED0 + i for i in range(args.eval_seeds)]
     results = {}
     keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else ("unigram_entropy",)
+    keys += ("lag_kl",) if teacher.hmm is not None else ()
     print(f"held-out evaluation: {args.eval_seeds} seeds x {args.eval_samples} samples")
     print("  " + f"{'sampler':<28}" + "".join(f"{k:>22}" for k in keys))
     for name, (grid, phi, reading) in rows.items():
@@ -177,8 +197,8 @@ def _compare(teacher, rows: dict, args) -> dict:
         results[name] = {k: v for k, v in r.items() if k != "per_seed"}
         print("  " + f"{name:<28}" + "".join(f"{r[k]:>14.4f} +- {r[k + '_std']:<5.3f}" for k in keys))
     if teacher.exact:
-        print(f"  data entropy rate {teacher.chain.entropy_rate():.4f}, "
-              f"data unigram entropy {teacher.chain.unigram_entropy():.4f}")
+        print(f"  data entropy rate {teacher.oracle.entropy_rate():.4f}, "
+              f"data unigram entropy {teacher.oracle.unigram_entropy():.4f}")
     return results
 
 
