@@ -37,7 +37,7 @@ def provenance() -> dict:
 
 def bench_teacher(checkpoint=None, graph: str = "absorb", noise=None, kind: str = "markov"):
     """The teacher of a benchmark: a checkpoint directory, else the default exact teacher
-    `kind` on `graph`: markov (V 16, L 32, chain seed 0) or hmm (H 32, V 64, L 64, seed 0)."""
+    `kind` on `graph`: markov (V 16, L 32, chain seed 0) or hmm (H 16, V 32, L 32, seed 0)."""
     if checkpoint:
         from lsd_jax.teachers.checkpoint import load_teacher
 

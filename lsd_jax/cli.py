@@ -434,7 +434,8 @@ def train_config_from_args(args):
     return TrainConfig(
         data=args.data, graph=args.graph, noise=args.noise, objective=args.objective,
         hidden_size=args.hidden_size, n_blocks=args.n_blocks, n_heads=args.n_heads, cond_dim=args.cond_dim,
-        length=args.length, vocab=args.vocab, chain_seed=args.chain_seed, tokenizer=args.tokenizer,
+        length=args.length, vocab=args.vocab, chain_seed=args.chain_seed, hmm_states=args.hmm_states,
+        tokenizer=args.tokenizer,
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup, schedule=args.schedule,
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema=args.ema,
         eval_every=args.eval_every, val_size=args.val_size, checkpoint_every=args.checkpoint_every,
@@ -471,13 +472,17 @@ def _add_train_teacher(sub) -> None:
     from lsd_jax.train import config as tc  # no jax: the parser stays cheap to build
 
     d = tc.TrainConfig()
-    p = sub.add_parser("train-teacher", help="train a small SEDD DiT teacher (score entropy) on the "
-                       "synthetic Markov chain or the text corpus")
-    p.add_argument("--data", choices=tc.DATA, default=d.data)
+    p = sub.add_parser("train-teacher", help="train a small DiT teacher (SEDD score entropy or MDLM masked "
+                       "cross-entropy) on the synthetic Markov chain, the HMM or the text corpus")
+    p.add_argument("--data", choices=tc.DATA, default=d.data,
+                   help="markov: exact chain samples; hmm: exact HMM samples (the --teacher hmm model for the same "
+                        "--hmm-states, --vocab, --length, --chain-seed); text: the corpus")
     p.add_argument("--graph", choices=tc.GRAPHS, default=d.graph)
     p.add_argument("--noise", choices=tc.NOISES, default=None,
                    help="default: loglinear for absorb, geometric for uniform")
-    p.add_argument("--objective", choices=tc.OBJECTIVES, default=d.objective, help="training loss")
+    p.add_argument("--objective", choices=tc.OBJECTIVES, default=d.objective,
+                   help="score-entropy: SEDD (a sedd DiT: the concrete score); masked-ce: MDLM's weighted masked "
+                        "cross-entropy = masked discrete flow matching (an mdlm DiT: the posterior; absorb only)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
@@ -492,8 +497,9 @@ def _add_train_teacher(sub) -> None:
     p.add_argument("--n-heads", type=int, default=d.n_heads)
     p.add_argument("--cond-dim", type=int, default=d.cond_dim)
     p.add_argument("--length", type=int, default=d.length, help="sequence length (markov: chain length)")
-    p.add_argument("--vocab", type=int, default=d.vocab, help="markov: tokens of the chain")
-    p.add_argument("--chain-seed", type=int, default=d.chain_seed, help="markov: seed of the chain")
+    p.add_argument("--vocab", type=int, default=d.vocab, help="markov / hmm: tokens V")
+    p.add_argument("--chain-seed", type=int, default=d.chain_seed, help="markov / hmm: seed of the chain / HMM")
+    p.add_argument("--hmm-states", type=int, default=d.hmm_states, help="hmm: hidden states H")
     p.add_argument("--tokenizer", choices=tc.TOKENIZERS, default=d.tokenizer, help="text: tokenizer")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--val-size", type=int, default=d.val_size, help="validation sequences")
@@ -501,7 +507,7 @@ def _add_train_teacher(sub) -> None:
     p.add_argument("--final-repeats", type=int, default=d.final_repeats,
                    help="draws of (t, x_t) averaged for the final validation NELBO")
     p.add_argument("--seed", type=int, default=d.seed, help="init, data and noise seed")
-    p.add_argument("--out", required=True, help="output directory (model, chain.json, log, plot, state/)")
+    p.add_argument("--out", required=True, help="output directory (model, chain.json / hmm.json, log, plot, state/)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out/state")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated interruption

@@ -18,7 +18,7 @@ from lsd_jax.teachers import markov
 
 DEFAULT_NOISE = {"absorb": "loglinear", "uniform": "geometric"}  # SEDD's recipes
 EXACT_TEACHERS = ("markov", "hmm")
-TEACHER_DEFAULTS = {"markov": {"vocab": 16, "length": 32}, "hmm": {"states": 32, "vocab": 64, "length": 64}}
+TEACHER_DEFAULTS = {"markov": {"vocab": 16, "length": 32}, "hmm": {"states": 16, "vocab": 32, "length": 32}}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,13 +75,13 @@ def markov_teacher(
 
 def hmm_teacher(
     graph: str = "absorb",
-    states: int = 32,
-    vocab: int = 64,
-    length: int = 64,
+    states: int = 16,
+    vocab: int = 32,
+    length: int = 32,
     seed: int = 0,
     noise: Optional[str] = None,
 ) -> Teacher:
-    """The exact HMM teacher with long-range dependence (default: H 32, V 64, L 64, seed 0;
+    """The exact HMM teacher with long-range dependence (default: H 16, V 32, L 32, seed 0;
     `hmm.make_hmm`)."""
     g = graphs_lib.get_graph(graph, vocab)
     n = noise_lib.get_noise(noise or DEFAULT_NOISE[g.name])

@@ -245,11 +245,11 @@ def stationary(trans: np.ndarray) -> np.ndarray:
 
 
 def make_hmm(
-    num_states: int = 32,
-    num_tokens: int = 64,
-    length: int = 64,
+    num_states: int = 16,
+    num_tokens: int = 32,
+    length: int = 32,
     seed: int = 0,
-    persistence: tuple = (0.85, 0.97),
+    persistence: tuple = (0.9, 0.98),
     concentration: float = 0.3,
     support: int = 6,
     zipf: float = 1.0,
