@@ -136,3 +136,22 @@ def test_hmm_teacher_shapes_and_metrics():
     assert a.graph.dim == 6 and a.describe()["states"] == 3
     with pytest.raises(ValueError, match="states"):
         hmm_teacher(states=1)
+
+
+def test_cli_sample_hmm_and_flag_errors(tmp_path, capsys):
+    from lsd_jax.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["sample", "--teacher", "hmm", "--hmm-states", "3", "--teacher-vocab", "5", "--teacher-length", "10",
+                 "--nfe", "4", "--num-samples", "64", "--json", str(out)]) == 0
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["teacher"]["states"] == 3 and res["teacher"]["vocab"] == 5 and res["network_calls"] == 5
+    assert {"nll", "data_entropy", "data_entropy_se", "bigram_kl", "lag_kl", "lag_kl_8"} <= set(res)
+    capsys.readouterr()
+    for argv, needle in ((["--teacher", "markov", "--hmm-states", "4"], "--hmm-states applies to --teacher hmm only"),
+                         (["--teacher", "hmm", "--hmm-states", "1"], "--hmm-states must be >= 2")):
+        assert main(["sample", "--nfe", "4", *argv]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax.graphs import Graph
-from lsd_jax.teachers.markov import _posterior, log_score_from_posterior, unigram_entropy
+from lsd_jax.teachers.markov import _posterior, _score_fn_cache, log_score_from_posterior, unigram_entropy
 
 Array = jnp.ndarray
 
@@ -193,17 +193,6 @@ def _ancestral(log_init: Array, log_trans: Array, log_emit: Array, key: Array, n
     _, rest = jax.lax.scan(body, z0, jax.random.split(kz, length - 1))
     z = jnp.concatenate([z0[None], rest], 0).T  # [n, L]
     return jax.random.categorical(kx, log_emit[z]).astype(jnp.int32)
-
-
-@functools.lru_cache(maxsize=64)
-def _score_fn_cache(hmm: HMM, graph: Graph):
-    if graph.num_tokens != hmm.num_tokens:
-        raise ValueError(f"graph.num_tokens = {graph.num_tokens} but the HMM has V = {hmm.num_tokens}")
-
-    def score_fn(x, sigmabar):
-        return hmm.log_score(graph, x, sigmabar)
-
-    return score_fn
 
 
 @functools.partial(jax.jit, static_argnames=("graph",))

@@ -113,12 +113,15 @@ class MarkovChain:
 
 
 @functools.lru_cache(maxsize=64)
-def _score_fn_cache(chain: MarkovChain, graph: Graph):
-    if graph.num_tokens != chain.num_tokens:
-        raise ValueError(f"graph.num_tokens = {graph.num_tokens} but the chain has V = {chain.num_tokens}")
+def _score_fn_cache(model, graph: Graph):
+    """The score function of an exact model (MarkovChain, HMM: anything with num_tokens and
+    log_score) on `graph`, one object per (model, graph)."""
+    if graph.num_tokens != model.num_tokens:
+        raise ValueError(f"graph.num_tokens = {graph.num_tokens} but the {type(model).__name__} has "
+                         f"V = {model.num_tokens}")
 
     def score_fn(x, sigmabar):
-        return chain.log_score(graph, x, sigmabar)
+        return model.log_score(graph, x, sigmabar)
 
     return score_fn
 

@@ -56,14 +56,21 @@ def score_entropy_loss(
     log_score_fn(x_t [B, L], sigmabar [B]) -> log concrete score [B, L, dim]; t [B]
     defaults to U(sampling_eps, 1) draws (SEDD's). Divide by L for a per-token value.
     """
+    t, sigma, x_t = noised(graph, noise, key, x0, t, sampling_eps)
+    log_score = log_score_fn(x_t, sigma)
+    se = graph.score_entropy(log_score, sigma, x_t, x0)  # [B, L]
+    return (noise.rate(t)[:, None] * se).sum(-1)
+
+
+def noised(graph, noise, key: Array, x0: Array, t: Optional[Array] = None,
+           sampling_eps: float = 1e-3) -> tuple[Array, Array, Array]:
+    """The training draw of every objective: (t [B], sigmabar [B], x_t [B, L]); t defaults
+    to U(sampling_eps, 1) draws (SEDD's)."""
     k_t, k_x = jax.random.split(key)
     if t is None:
         t = (1.0 - sampling_eps) * jax.random.uniform(k_t, (x0.shape[0],)) + sampling_eps
     sigma = noise.total(t)
-    x_t = graph.sample_transition(k_x, x0, sigma)
-    log_score = log_score_fn(x_t, sigma)
-    se = graph.score_entropy(log_score, sigma, x_t, x0)  # [B, L]
-    return (noise.rate(t)[:, None] * se).sum(-1)
+    return t, sigma, graph.sample_transition(k_x, x0, sigma)
 
 
 def masked_ce_loss(
@@ -86,11 +93,7 @@ def masked_ce_loss(
     """
     if not graph.is_absorbing:
         raise ValueError(f"objective 'masked-ce' needs the absorbing graph, got {graph.name!r}")
-    k_t, k_x = jax.random.split(key)
-    if t is None:
-        t = (1.0 - sampling_eps) * jax.random.uniform(k_t, (x0.shape[0],)) + sampling_eps
-    sigma = noise.total(t)
-    x_t = graph.sample_transition(k_x, x0, sigma)
+    t, sigma, x_t = noised(graph, noise, key, x0, t, sampling_eps)
     expm1 = _expm1_stable(sigma)  # [B]
     log_s_x0 = jnp.take_along_axis(log_score_fn(x_t, sigma), x0[..., None], -1)[..., 0]  # [B, L]
     ce = jnp.where(x_t == graph.mask_id, -(log_s_x0 + jnp.log(expm1)[:, None]), 0.0)  # -log p(x0^i | x_t)
