@@ -25,7 +25,8 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise", choices=["loglinear", "geometric"], default=None,
                    help="noise schedule of the exact teacher (default: loglinear for absorb, geometric for uniform)")
     dflt = lambda k: ", ".join(f"{t} {d[k]}" for t, d in TEACHER_DEFAULTS.items() if k in d)  # noqa: E731
-    p.add_argument("--teacher-vocab", type=int, default=None, help=f"exact teacher: tokens V (default {dflt('vocab')})")
+    p.add_argument("--teacher-vocab", type=int, default=None,
+                   help=f"exact teacher: tokens V (default {dflt('vocab')})")
     p.add_argument("--teacher-length", type=int, default=None,
                    help=f"exact teacher: sequence length L (default {dflt('length')})")
     p.add_argument("--teacher-seed", type=int, default=0, help="exact teacher: seed of the chain / HMM")

@@ -61,7 +61,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "CHAIN_FILE", "CONFIG_FILE", "DATA", "HMM_FILE", "DEFAULT_NOISE", "GRAPHS", "LOG_FILE", "NOISES", "OBJECTIVES", "PLOT_FILE",
+    "CHAIN_FILE", "CONFIG_FILE", "DATA", "HMM_FILE", "DEFAULT_NOISE",
+    "GRAPHS", "LOG_FILE", "NOISES", "OBJECTIVES", "PLOT_FILE",
     "RESUME_MAY_CHANGE", "SCHEDULES", "STATE_DIR", "TOKENIZER_FILE", "TOKENIZERS", "VAL_KEY", "TrainConfig",
     "command_for", *_WHERE,
 ]
