@@ -1,7 +1,8 @@
 """Teachers: a score function together with its graph, noise schedule and metrics.
 
-`Teacher` is what the CLI, distillation and benchmarks hold: they never need to know
-whether the score comes from an exact model (the Markov chain, the HMM) or from a network.
+`Teacher` is the concrete score model (`teachers.base.ScoreModel`) that the CLI and the
+benchmarks build, for the exact Markov chain and for networks alike; the library itself
+(samplers, distillation, tuning, evaluation) needs only the protocol's four attributes.
 """
 
 from __future__ import annotations
@@ -13,16 +14,18 @@ import numpy as np
 
 from lsd_jax import graphs as graphs_lib
 from lsd_jax import noise as noise_lib
+from lsd_jax.eval.text_metrics import unigram_entropy
+from lsd_jax.names import DEFAULT_NOISE, TEACHER_DEFAULTS, TEACHERS  # noqa: F401 - re-exported
 from lsd_jax.teachers import hmm as hmm_lib
 from lsd_jax.teachers import markov
-
-DEFAULT_NOISE = {"absorb": "loglinear", "uniform": "geometric"}  # SEDD's recipes
-EXACT_TEACHERS = ("markov", "hmm")
-TEACHER_DEFAULTS = {"markov": {"vocab": 16, "length": 32}, "hmm": {"states": 16, "vocab": 32, "length": 32}}
+from lsd_jax.teachers.base import ScoreModel, check_model, check_score_fn
+EXACT_TEACHERS = TEACHERS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Teacher:
+    """A `ScoreModel` with a name, and for exact teachers the chain (exact metrics)."""
+
     score_fn: Callable  # (x [B, L] int32, sigmabar [B]) -> log-score [B, L, dim]
     graph: graphs_lib.Graph
     noise: noise_lib.Noise
@@ -47,7 +50,7 @@ class Teacher:
         """The exact model's metrics (`evaluate`) for exact teachers; unigram entropy otherwise."""
         if self.oracle is not None:
             return self.oracle.evaluate(tokens)
-        return {"unigram_entropy": markov.unigram_entropy(tokens, self.graph.dim)}
+        return {"unigram_entropy": unigram_entropy(tokens, mode="pooled")}
 
     def describe(self) -> dict:
         d = {"name": self.name, "graph": self.graph.name, "noise": self.noise.to_dict(), "length": self.length}

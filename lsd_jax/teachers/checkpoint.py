@@ -13,7 +13,7 @@ from lsd_jax.teachers.hmm import HMM
 from lsd_jax.teachers.markov import MarkovChain
 # written by train-teacher: chain.json / hmm.json (networks trained on a Markov chain / an HMM),
 # tokenizer.json (text teachers)
-from lsd_jax.train.config import CHAIN_FILE, HMM_FILE, TOKENIZER_FILE
+from lsd_jax.names import CHAIN_FILE, HMM_FILE, TOKENIZER_FILE
 
 GPT2_TOKENS = 50257
 

@@ -11,8 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-GRAPHS = ("absorb", "uniform")  # = lsd_jax.graphs.GRAPHS (checked by tests/test_train.py)
-NOISES = ("loglinear", "geometric")  # = lsd_jax.noise.NOISES (checked by tests/test_train.py)
+from lsd_jax.names import CHAIN_FILE, DEFAULT_NOISE, GRAPHS, HMM_FILE, NOISES, TOKENIZER_FILE  # noqa: F401 - re-exported
 
 DATA = ("markov", "hmm", "text")
 SCHEDULES = ("cosine", "constant")
@@ -21,11 +20,7 @@ TOKENIZERS = ("char", "text8", "gpt2")
 # score-entropy: SEDD (a "sedd" DiT, the concrete score); masked-ce: MDLM's weighted masked
 # cross-entropy (an "mdlm" DiT, the posterior; absorbing graph only).
 OBJECTIVES = ("score-entropy", "masked-ce")
-DEFAULT_NOISE = {"absorb": "loglinear", "uniform": "geometric"}  # SEDD's recipes
 VAL_KEY = 20240601  # the validation set and its noise do not depend on the training seed
-CHAIN_FILE = "chain.json"
-HMM_FILE = "hmm.json"  # hmm data: `HMM.to_dict()` of the data HMM
-TOKENIZER_FILE = "tokenizer.json"  # text data: {"tokenizer": name for get_tokenizer, "seq_len"}
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.json"
 PLOT_FILE = "val_curve.png"
