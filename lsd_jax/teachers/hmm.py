@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax.graphs import Graph
-from lsd_jax.teachers.markov import _posterior, _score_fn_cache, log_score_from_posterior, unigram_entropy
+from lsd_jax.eval.text_metrics import unigram_entropy
+from lsd_jax.teachers.markov import _posterior, _score_fn_cache, log_score_from_posterior
 
 Array = jnp.ndarray
 
@@ -168,7 +169,7 @@ class HMM:
             "nll": float(-self.log_prob(x).mean() / self.length),
             "data_entropy": self.entropy_rate(),
             "data_entropy_se": self.entropy_rate_se(),
-            "unigram_entropy": unigram_entropy(x),
+            "unigram_entropy": unigram_entropy(x, mode="pooled"),
             "data_unigram_entropy": self.unigram_entropy(),
         }
         lags = [d for d in LAGS if d < self.length]

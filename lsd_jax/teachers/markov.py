@@ -174,7 +174,7 @@ def log_score_from_posterior(graph: Graph, x: Array, sb: Array, w: Array) -> Arr
     v = w.shape[-1]
     dt = w.dtype
     tiny = jnp.finfo(dt).tiny
-    is_x = jnp.arange(v) == x[..., None]  # [B, L, V] (mask id never matches)
+    is_x = is_token(x, v)  # [B, L, V] (mask id never matches)
     if graph.is_absorbing:
         masked = (x == graph.mask_id)[..., None]
         logw = jnp.log(jnp.maximum(w, tiny))
