@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsd_jax.graphs import _expm1_stable
+from lsd_jax.graphs import expm1_stable
 from lsd_jax.train import config as config_lib
 
 Array = Any  # a jax array
@@ -94,7 +94,7 @@ def masked_ce_loss(
     if not graph.is_absorbing:
         raise ValueError(f"objective 'masked-ce' needs the absorbing graph, got {graph.name!r}")
     t, sigma, x_t = noised(graph, noise, key, x0, t, sampling_eps)
-    expm1 = _expm1_stable(sigma)  # [B]
+    expm1 = expm1_stable(sigma)  # [B]
     log_s_x0 = jnp.take_along_axis(log_score_fn(x_t, sigma), x0[..., None], -1)[..., 0]  # [B, L]
     ce = jnp.where(x_t == graph.mask_id, -(log_s_x0 + jnp.log(expm1)[:, None]), 0.0)  # -log p(x0^i | x_t)
     return noise.rate(t) / expm1 * ce.sum(-1)
