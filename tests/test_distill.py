@@ -203,7 +203,7 @@ def test_sampler_params_file_errors(tmp_path):
     doc = json.loads(path.read_text())
     del doc["phi"]
     path.write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match="missing key 'phi'"):
+    with pytest.raises(ValueError, match="missing field 'phi'"):
         sp_lib.load(str(path))
 
 

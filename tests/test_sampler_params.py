@@ -38,8 +38,8 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 @pytest.mark.parametrize("change,needle", [
     ({"format": "other/1"}, "key 'format' must be"),
-    ({"phi": None}, "missing key 'phi'"),
-    ({"eps": None}, "missing key 'eps'"),
+    ({"phi": None}, "missing field 'phi'"),
+    ({"eps": None}, "missing field 'eps'"),
     ({"phi": [1.0, 1.0]}, "'phi' and 'logits' must have equal length"),
     ({"phi": [1.0, float("nan"), 1.0]}, "key 'phi' has non-finite entries at \\[1\\]"),
     ({"sampler": "rk4"}, "sampler 'rk4' is not supported"),
