@@ -1,4 +1,7 @@
-"""`lsd-jax` command line: sample, distill, tune, convert."""
+"""`lsd-jax` command line: sample, distill, tune, convert, train-teacher, distill-student.
+
+Every subcommand's flags live here (one place for the argparse; the work is in the library
+modules it calls), which makes this file longer than ~500 lines."""
 
 from __future__ import annotations
 
@@ -493,7 +496,8 @@ def cmd_distill_student(args) -> int:
 
     d = fit_lib.Di4CConfig
     cfg = d(nfe=args.nfe, teacher_nfe=args.teacher_nfe, lambdas=args.lambdas, batch_size=args.batch_size,
-            steps=args.steps, lr=args.lr, warmup=args.warmup, delta=args.delta, distil_prob=args.distil_prob,
+            steps=args.steps, lr=args.lr, warmup=args.warmup, dit_lr_scale=args.dit_lr_scale, delta=args.delta,
+            distil_prob=args.distil_prob,
             data_weight=args.data_weight, sampler=args.sampler, eps=args.eps, eval_every=args.eval_every,
             eval_samples=args.eval_samples, checkpoint_every=args.checkpoint_every, seed=args.seed).validate()
     try:
@@ -523,6 +527,8 @@ def _add_distill_student(sub) -> None:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--dit-lr-scale", type=float, default=1.0,
+                   help="learning rate of the teacher's DiT weights / --lr (1: full fine-tuning; 0: only the lambda path)")
     p.add_argument("--delta", type=float, default=0.02, help="distillation below this time")
     p.add_argument("--distil-prob", type=float, default=0.3, help="share of sequences in the distillation branch")
     p.add_argument("--data-weight", type=float, default=0.1, help="weight of the data correlation term")

@@ -60,6 +60,7 @@ class Di4CConfig:
     lr: float = 1e-4
     warmup: int = 50
     grad_clip: float = 1.0
+    dit_lr_scale: float = 1.0  # the teacher's DiT weights learn at lr x this (1: full fine-tuning, as sony/di4c)
     delta: float = 0.02  # distillation below delta (sdtt distil_delta)
     distil_prob: float = 0.3  # P(distillation branch) (sdtt _sample_t_like)
     data_weight: float = 0.1  # sdtt alpha_const; x sigmoid(20 (t - 1/2)) (alpha_t "sigmoid")
@@ -78,7 +79,8 @@ class Di4CConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
                 p.append(f"{name} = {v!r} must be an integer >= {lo}")
-        for name, lo, hi in (("lr", 0.0, math.inf), ("grad_clip", 0.0, math.inf), ("delta", 0.0, 1.0),
+        for name, lo, hi in (("lr", 0.0, math.inf), ("grad_clip", 0.0, math.inf), ("dit_lr_scale", 0.0, 1.0),
+                             ("delta", 0.0, 1.0),
                              ("distil_prob", 0.0, 1.0), ("data_weight", 0.0, math.inf), ("eps", 0.0, 1.0)):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (lo <= v <= hi) or math.isnan(v):
@@ -120,10 +122,15 @@ class Run:
         self.teacher_score = score_fn_from(model, tparams, self.ckpt_cfg)
         self.model = di4c.MixtureDiT(self.dit)
         self.grid = jnp.asarray(grids.uniform(cfg.nfe, cfg.eps), jnp.float32)
-        warm = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup, 1))
-        sched = optax.join_schedules([warm, optax.constant_schedule(cfg.lr)], [cfg.warmup]) if cfg.warmup else cfg.lr
+        def adam(lr):
+            warm = optax.linear_schedule(0.0, lr, max(cfg.warmup, 1))
+            sched = optax.join_schedules([warm, optax.constant_schedule(lr)], [cfg.warmup]) if cfg.warmup else lr
+            return optax.adamw(sched, weight_decay=0.0)
+
+        parts = {"lambda_embed": adam(cfg.lr), "dit": adam(cfg.lr * cfg.dit_lr_scale) if cfg.dit_lr_scale > 0
+                 else optax.set_to_zero()}
         self.tx = optax.chain(*([optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []),
-                              optax.adamw(sched, weight_decay=0.0))
+                              optax.multi_transform(parts, _labels))
         self.step = jax.jit(self._step, donate_argnums=(0,))
 
     def init_state(self) -> dict:
@@ -179,6 +186,11 @@ class Run:
         out = samplers.sample(student, self.graph, self.noise, self.grid, jax.random.PRNGKey(EVAL_KEY),
                               self.cfg.eval_samples, self.dit.length, sampler=self.cfg.sampler)
         return self.teacher.metrics(np.asarray(out.tokens))
+
+
+def _labels(params: dict) -> dict:
+    """Optimiser labels: each top-level part of the student ("dit", "lambda_embed") by name."""
+    return {k: jax.tree_util.tree_map(lambda _: k, v) for k, v in params.items()}
 
 
 @functools.lru_cache(maxsize=2)
