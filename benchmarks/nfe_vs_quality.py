@@ -27,9 +27,11 @@ from common import bench_teacher, provenance, write_results  # noqa: E402
 
 from lsd_jax import distill, grids, tune  # noqa: E402
 from lsd_jax._compat import enable_x64  # noqa: E402
-from lsd_jax.divergences import ngram_divergence  # noqa: E402
-from lsd_jax.evaluate import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
-from lsd_jax.teachers.markov import unigram_entropy  # noqa: E402
+from lsd_jax.divergences import make_divergence, ngram_divergence  # noqa: E402
+from lsd_jax.names import GRAPHS, NOISES  # noqa: E402
+from lsd_jax.samplers import SAMPLERS  # noqa: E402
+from lsd_jax.eval.sampling import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
+from lsd_jax.eval.text_metrics import unigram_entropy  # noqa: E402
 
 LSD_VARIANTS = {  # name -> (method, loss, reading)
     "lsd": ("lsd", "kl", "linear"),
@@ -44,9 +46,9 @@ LSD_VARIANTS = {  # name -> (method, loss, reading)
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="network teacher directory (else the exact markov teacher)")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb")
-    p.add_argument("--noise", choices=["loglinear", "geometric"], default=None)
-    p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler", help="step of the learned samplers")
+    p.add_argument("--graph", choices=GRAPHS, default="absorb")
+    p.add_argument("--noise", choices=NOISES, default=None)
+    p.add_argument("--sampler", choices=SAMPLERS, default="euler", help="step of the learned samplers")
     p.add_argument("--nfe", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--learn-nfe", type=int, nargs="*", default=None,
                    help="NFE values that get the best-fixed, tuned and LSD rows (default: all of --nfe)")
@@ -134,12 +136,12 @@ def main(argv=None) -> int:
     # the reference for choosing grids (tuning seed 1 = never a held-out or CRN-scored draw of a student)
     ref_nfe = args.ref_nfe or args.teacher_nfe
     ref = run_sampler(teacher, grids.uniform(ref_nfe, args.eps), seed=1, num_samples=args.samples)
-    ref_entropy = unigram_entropy(ref, teacher.graph.dim)
+    ref_entropy = unigram_entropy(ref, mode="pooled")
     names = args.tune_divergences.split(",") if args.tune_divergences != "auto" else \
         (["exact"] if teacher.exact else ["ngram"])
-    tune_divs = {n: tune.make_divergence(n, teacher, ref) for n in names if n}
+    tune_divs = {n: make_divergence(n, teacher, ref) for n in names if n}
     sel_name = "exact" if teacher.exact else "ngram"
-    select_div = tune_divs.get(sel_name) or tune.make_divergence(sel_name, teacher, ref)
+    select_div = tune_divs.get(sel_name) or make_divergence(sel_name, teacher, ref)
 
     rows = []
     main_keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else \

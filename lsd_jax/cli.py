@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 from typing import Callable, Optional
+
+from lsd_jax.names import (DIVERGENCES, DTYPES, GRAPHS, GRID_FAMILIES, LOSSES, METHODS, NOISES, READINGS, SELECT,
+                           SOLVERS, TEACHERS)
 
 DEFAULT_EPS = 1e-4  # terminal time of every sampler (the paper's; SEDD's own uses 1e-5)
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--teacher", choices=["markov"], default=None, help="exact synthetic teacher (default)")
+    src.add_argument("--teacher", choices=TEACHERS, default=None, help="exact synthetic teacher (default)")
     src.add_argument("--checkpoint", default=None, help="converted or HF-layout SEDD-family checkpoint directory")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb", help="graph of the markov teacher")
-    p.add_argument("--noise", choices=["loglinear", "geometric"], default=None,
+    p.add_argument("--graph", choices=GRAPHS, default="absorb", help="graph of the markov teacher")
+    p.add_argument("--noise", choices=NOISES, default=None,
                    help="noise schedule of the markov teacher (default: loglinear for absorb, geometric for uniform)")
     p.add_argument("--teacher-vocab", type=int, default=16, help="markov teacher: tokens V")
     p.add_argument("--teacher-length", type=int, default=32, help="markov teacher: sequence length L")
@@ -28,8 +32,10 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler")
-    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")
+    p.add_argument("--sampler", choices=SOLVERS, default="euler",
+                   help="solver (lsd_jax.solvers): euler, tweedie (1 call/step), trapezoidal (2 calls/step), "
+                        "fhs (first-hitting, absorbing graph: one call per token, L in all)")
+    p.add_argument("--eps", type=float, default=None, help=f"terminal time t_M (default {DEFAULT_EPS})")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampler")
     p.add_argument("--x64", action="store_true", help="float64 computation and categorical draws")
     p.add_argument("--distributed", action="store_true",
@@ -40,12 +46,14 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 def load_teacher(args):
     """Teacher from CLI args: --checkpoint DIR or the markov chain."""
-    from lsd_jax import teachers
+    from lsd_jax import teachers, validate
 
     if getattr(args, "checkpoint", None):
         from lsd_jax.teachers import checkpoint as ckpt_teacher
 
-        return ckpt_teacher.load_teacher(args.checkpoint)
+        teacher = ckpt_teacher.load_teacher(args.checkpoint)
+        validate.probe_score(teacher)  # shape and finiteness, before any work (3 calls on 2 sequences)
+        return teacher
     for field in ("teacher_vocab", "teacher_length"):
         if getattr(args, field) < 2:
             raise ValueError(f"--{field.replace('_', '-')} must be >= 2, got {getattr(args, field)}")
@@ -68,10 +76,10 @@ def _primary() -> bool:
 
 
 def _write_json(path: Optional[str], obj: dict) -> None:
+    from lsd_jax.runs import write_json
+
     if path and _primary():
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=2)
+        write_json(path, obj)
 
 
 def cmd_sample(args) -> int:
@@ -79,26 +87,26 @@ def cmd_sample(args) -> int:
 
     from lsd_jax import grids, samplers, sharding
 
-    if args.nfe < 1:
-        raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if not 0.0 < args.eps < 1.0:
-        raise ValueError(f"--eps must be in (0, 1), got {args.eps}")
-    teacher = load_teacher(args)
+    from lsd_jax.solvers import get_solver
+
+    solver = get_solver(args.sampler)
+    steps = solver.steps_for_nfe(args.nfe)  # NFE counts network calls: trapezoidal 8 NFE = 4 steps
     phi, grid, params_info, reading = None, None, None, "linear"
-    if args.sampler_params:
+    if args.sampler_params:  # the file first: its errors before the teacher loads
         from lsd_jax import sampler_params as sp
 
         params = sp.load(args.sampler_params)
-        if params.nfe != args.nfe:
-            raise ValueError(f"--sampler-params {args.sampler_params} has nfe {params.nfe}, but --nfe is {args.nfe}")
+        if params.nfe != steps:
+            raise ValueError(f"--sampler-params {args.sampler_params} has {params.nfe} steps, but --nfe {args.nfe} "
+                             f"with --sampler {args.sampler} is {steps} steps")
         grid, phi, reading = params.grid(), params.phi, params.reading
         params_info = {"file": args.sampler_params, **params.describe()}
         if args.sampler != params.sampler:
             print(f"note: sampler params were learned for {params.sampler}, running {args.sampler}", file=sys.stderr)
+    teacher = load_teacher(args)  # the flags were checked by validate.sample_args
+    solver.check_graph(teacher.graph)
     if grid is None:
-        grid = grids.get_grid(args.grid, args.nfe, args.eps, p=args.grid_p, noise=teacher.noise)
+        grid = grids.get_grid(args.grid, steps, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()
     out = samplers.sample(
         teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(args.seed), args.num_samples,
@@ -106,9 +114,12 @@ def cmd_sample(args) -> int:
     )
     tokens = sharding.to_host(jax.block_until_ready(out.tokens))  # several hosts: gathered on each
     seconds = time.perf_counter() - t0
+    if out.nfe != args.nfe:
+        print(f"note: {args.sampler} made {out.nfe} predictor calls (asked --nfe {args.nfe})", file=sys.stderr)
     result = {
         "nfe": out.nfe,
         "network_calls": out.network_calls,
+        "steps": out.nfe // solver.calls_per_step,
         "sampler": args.sampler,
         "graph": teacher.graph.name,
         "noise": teacher.noise.name,
@@ -161,13 +172,15 @@ def plot_sampler_params(path: str, params, title: str, baseline_grid=None) -> No
     b.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from lsd_jax.runs import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def _compare(teacher, rows: dict, args) -> dict:
     """Held-out evaluation of named (grid, phi, reading) samplers; prints a table."""
-    from lsd_jax.evaluate import HELD_OUT_SEED0, evaluate_sampler
+    from lsd_jax.eval.sampling import HELD_OUT_SEED0, evaluate_sampler
 
     seeds = [HELD_OUT_SEED0 + i for i in range(args.eval_seeds)]
     results = {}
@@ -196,10 +209,8 @@ def _against_plain(teacher, args, params, name: str, plain_name: str) -> dict:
 
 
 def cmd_distill(args) -> int:
-    import jax
-
-    from lsd_jax import distill, grids
-    from lsd_jax import sampler_params as sp_lib
+    from lsd_jax import distill
+    from lsd_jax.runs import RunLock
 
     val_samples = _auto_or_int("--val-samples", args.val_samples)
     for flag, v in (("--val-every", args.val_every), ("--val-reference-nfe", args.val_reference_nfe)):
@@ -208,14 +219,22 @@ def cmd_distill(args) -> int:
     cfg = distill.DistillConfig(
         method=args.method, sampler=args.sampler, nfe=args.nfe, teacher_nfe=args.teacher_nfe, reading=args.reading,
         loss=args.loss, zeta=args.zeta, epochs=args.epochs, samples=args.samples,
-        batch_size=min(args.batch_size, args.samples), lr=args.lr, eps=args.eps, alternate=args.alternate,
+        batch_size=args.batch_size, lr=args.lr, eps=args.eps, alternate=args.alternate,
         select=args.select, val_samples=val_samples, val_every=args.val_every,
         val_reference_nfe=args.val_reference_nfe, seed=args.seed, x64=args.x64,
     ).validate()
+    with RunLock(args.out, enabled=_primary()):  # --out was checked by validate.distill_args
+        return _distill(args, cfg)
+
+
+def _distill(args, cfg) -> int:
+    import jax
+
+    from lsd_jax import distill
+    from lsd_jax import sampler_params as sp_lib
+    from lsd_jax.runs import write_json
+
     out = args.out
-    if os.path.isdir(out) and os.listdir(out) and not args.resume:
-        raise ValueError(f"--out {out} exists and is not empty: pass --resume to continue it, or choose a new --out")
-    os.makedirs(out, exist_ok=True)
     teacher = load_teacher(args)
     print(f"teacher {teacher.name} ({teacher.graph.name}, {teacher.noise.name}); student {cfg.method} "
           f"{cfg.sampler} M={cfg.nfe} from N={cfg.teacher_nfe}; loss {cfg.loss}, reading {cfg.reading}, "
@@ -231,8 +250,7 @@ def cmd_distill(args) -> int:
     meta = {"method": cfg.method, "teacher": teacher.describe(), "config": cfg.to_dict()}
     if _primary():
         sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
-        with open(os.path.join(out, "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
+        write_json(os.path.join(out, "history.json"), history, indent=1)
         plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
                             f"{cfg.method} ({cfg.loss}, {cfg.reading}) M={cfg.nfe} on {teacher.name}")
     result = {"config": cfg.to_dict(), "teacher": teacher.describe(), "fit_seconds": fit_seconds,
@@ -249,38 +267,43 @@ def cmd_distill(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from ports.cli import convert_main
+    from ports.sedd import convert
 
-    return convert_main([args.src, args.dst, "--dtype", args.dtype])
+    print(json.dumps(convert(args.src, args.dst, dtype=args.dtype)))  # CheckpointError -> main: exit 2
+    return 0
 
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a SEDD / MDLM / RADD checkpoint (HF layout) to a Flax directory")
     p.add_argument("src", metavar="SRC", help="HF-layout checkpoint directory or Hugging Face repo id")
     p.add_argument("dst", metavar="DST", help="new (or empty) output directory")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_tune(args) -> int:
+    from lsd_jax.runs import RunLock
+
+    with RunLock(args.out, enabled=_primary()):  # the flags and --out were checked by validate.tune_args
+        return _tune(args)
+
+
+def _tune(args) -> int:
     from lsd_jax import grids, tune
     from lsd_jax import sampler_params as sp_lib
-    from lsd_jax.evaluate import run_sampler
-    from lsd_jax.teachers.markov import unigram_entropy
+    from lsd_jax.divergences import make_divergence
+    from lsd_jax.eval.sampling import run_sampler
+    from lsd_jax.eval.text_metrics import unigram_entropy
 
-    if args.nfe < 1 or args.budget < 1 or args.samples < 1 or args.crn_seeds < 1:
-        raise ValueError("--nfe, --budget, --samples and --crn-seeds must be >= 1")
-    if not 0.0 <= args.entropy_band < 1.0:
-        raise ValueError(f"--entropy-band must be in [0, 1), got {args.entropy_band}")
     out = args.out
-    if os.path.isdir(out) and os.listdir(out):
-        raise ValueError(f"--out {out} exists and is not empty: choose a new directory")
     teacher = load_teacher(args)
+    if args.divergence == "exact" and not teacher.exact or args.divergence == "mmd" and teacher.features is None:
+        make_divergence(args.divergence, teacher, None)  # its error names what the divergence needs
     # reference: the teacher's own many-step samples (the ngram target and the entropy guard)
     ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, args.eps), sampler=args.sampler, seed=1,
                       num_samples=args.samples, x64=args.x64)
-    ref_entropy = unigram_entropy(ref, teacher.graph.dim)
-    divergence = tune.make_divergence(args.divergence, teacher, ref)
+    ref_entropy = unigram_entropy(ref, mode="pooled")
+    divergence = _finite(make_divergence(args.divergence, teacher, ref), args.divergence)
     print(f"tuning {args.sampler} M={args.nfe} on {teacher.name} by {args.divergence}; entropy guard "
           f"{ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; budget {args.budget} evaluations")
     t0 = time.perf_counter()
@@ -291,7 +314,6 @@ def cmd_tune(args) -> int:
         entropy_band=args.entropy_band, progress=not args.no_progress,
     )
     seconds = time.perf_counter() - t0
-    os.makedirs(out, exist_ok=True)
     meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget}
     _write_json(os.path.join(out, "history.json"), {"evaluations": history, "seconds": seconds})
     if _primary():
@@ -310,12 +332,27 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _finite(divergence: Callable, name: str) -> Callable:
+    """The divergence, stopping the search at the first non-finite value (naming the evaluation)."""
+    count = [0]
+
+    def guarded(tokens) -> float:
+        count[0] += 1
+        v = float(divergence(tokens))
+        if not math.isfinite(v):
+            raise FloatingPointError(f"divergence {name} is non-finite ({v}) at evaluation {count[0]} "
+                                     "(a sampler run on the tuning seeds): the search stops here")
+        return v
+
+    return guarded
+
+
 def _add_tune(sub) -> None:
     p = sub.add_parser("tune", help="tune the time grid (and phi) of an M-step sampler on a sample divergence")
     _add_teacher_args(p)
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, default=8, help="sampler steps M")
-    p.add_argument("--divergence", choices=["exact", "ngram", "mmd"], default="ngram",
+    p.add_argument("--divergence", choices=DIVERGENCES, default="ngram",
                    help="exact: bigram KL vs the true chain (markov teacher only); ngram (default): symmetric "
                         "unigram + bigram KL vs the teacher's many-step samples (any model); mmd: Gaussian-kernel "
                         "MMD on the teacher network's pooled final hidden states (network teachers)")
@@ -359,18 +396,18 @@ def _add_distill(sub) -> None:
     p = sub.add_parser("distill", help="LSD / LSD+: learn phi (and the grid) of an M-step student")
     _add_teacher_args(p)
     _add_sampler_args(p)
-    p.add_argument("--method", choices=["lsd", "lsd+"], default="lsd")
+    p.add_argument("--method", choices=METHODS, default="lsd")
     p.add_argument("--nfe", type=int, default=8, help="student steps M")
     p.add_argument("--teacher-nfe", type=int, default=1024, help="teacher steps N")
-    p.add_argument("--reading", choices=["linear", "temperature"], default="linear")
-    p.add_argument("--loss", choices=["kl", "l2", "token-kl"], default="kl")
+    p.add_argument("--reading", choices=READINGS, default="linear")
+    p.add_argument("--loss", choices=LOSSES, default="kl")
     p.add_argument("--zeta", type=float, default=0.05, help="relaxed start radius, fraction of L")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--samples", type=int, default=64, help="training trajectories")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--alternate", action="store_true", help="lsd+: alternate phi and grid updates by epoch")
-    p.add_argument("--select", choices=["auto", "exact", "ngram", "none"], default="auto",
+    p.add_argument("--select", choices=SELECT, default="auto",
                    help="return the best epoch on this sample-level divergence (auto: exact on the markov "
                         "teacher, else n-gram vs teacher samples; none: the last epoch)")
     p.add_argument("--val-samples", default="auto",
@@ -398,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, required=True, help="predictor steps M (the final denoise adds one call)")
     p.add_argument("--num-samples", type=int, default=1024)
-    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear"], default="uniform")
+    p.add_argument("--grid", choices=GRID_FAMILIES, default=None, help="fixed time grid (default uniform)")
     p.add_argument("--grid-p", type=float, default=2.0, help="exponent of the power grid")
     p.add_argument("--sampler-params", default=None, help="learned sampler parameters (from distill or tune)")
     p.add_argument("--show", type=int, default=3, help="decoded samples to print")
@@ -551,9 +588,35 @@ _EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert,
                                "train-teacher": _add_train_teacher, "distill-student": _add_distill_student}
 
 
+def _preflight(args) -> None:
+    """Every check the inputs alone decide, before any work (and before jax.distributed):
+    `lsd_jax.validate`, one function per subcommand."""
+    from lsd_jax import validate
+
+    args.eps_given, args.grid_given = getattr(args, "eps", None) is not None, getattr(args, "grid", None) is not None
+    if hasattr(args, "eps") and args.eps is None:
+        args.eps = DEFAULT_EPS
+    if hasattr(args, "grid") and args.grid is None:
+        args.grid = "uniform"
+    check = {"sample": validate.sample_args, "tune": validate.tune_args, "distill": validate.distill_args,
+             "train-teacher": lambda a: validate.output_dir(a.out, "--out", resume=a.resume)}.get(args.cmd)
+    if check is not None:
+        check(args)
+
+
 def main(argv=None) -> int:
+    """Runs a subcommand. Exit status, the same for every subcommand: 0 done; 2 the input
+    is refused (a usage error, a bad flag, file or checkpoint; nothing was computed, or the
+    input alone decided it); 1 the run failed during the work (a non-finite score or loss
+    at a named step, an OS error); 130 interrupted. Errors are one line
+    `lsd-jax CMD: error: ...` on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _preflight(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lsd-jax {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "distributed", False):  # before any other jax use
         from lsd_jax import sharding
 
@@ -566,10 +629,16 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"lsd-jax {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except (FloatingPointError, OSError) as e:
+        print(f"lsd-jax {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lsd-jax {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
