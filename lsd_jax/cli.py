@@ -569,7 +569,7 @@ def _add_distill_student(sub) -> None:
     p.add_argument("--delta", type=float, default=0.02, help="distillation below this time")
     p.add_argument("--distil-prob", type=float, default=0.3, help="share of sequences in the distillation branch")
     p.add_argument("--data-weight", type=float, default=0.1, help="weight of the data correlation term")
-    p.add_argument("--sampler", choices=["euler", "tweedie"], default="tweedie",
+    p.add_argument("--sampler", choices=SOLVERS, default="tweedie",
                    help="the teacher's small steps and the student's own")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")
     p.add_argument("--eval-every", type=int, default=100)

@@ -45,14 +45,14 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from lsd_jax import samplers
+from lsd_jax import solvers
 from lsd_jax.graphs import Graph
 from lsd_jax.models.dit import DiT, DiTConfig, timestep_embedding
+from lsd_jax.names import CHAIN_FILE
 from lsd_jax.noise import Noise
 from lsd_jax.students import STUDENT_FILE
 from lsd_jax.teachers import Teacher, letter_decoder
 from lsd_jax.teachers.markov import MarkovChain
-from lsd_jax.train.config import CHAIN_FILE
 from ports import sedd
 
 Array = Any  # a jax array
@@ -113,7 +113,7 @@ def log_p0(graph: Graph, x: Array, log_score: Array) -> Array:
     point mass on x_t^d (NEG elsewhere)."""
     v = graph.num_tokens
     lp = jax.nn.log_softmax(log_score[..., :v].astype(jnp.float32), axis=-1)
-    point = jnp.where(jnp.arange(v) == x[..., None], 0.0, NEG)
+    point = jnp.where(jnp.arange(v).reshape((1,) * x.ndim + (v,)) == x[..., None], 0.0, NEG)
     return jnp.where((x == graph.mask_id)[..., None], lp, point)
 
 
@@ -124,13 +124,14 @@ def student_log_p0(model: MixtureDiT, params: Any, graph: Graph, x: Array, sigma
 
 def teacher_jump(score_fn, graph: Graph, noise: Noise, sampler: str, key: Array, x: Array, t: Array, u: Array,
                  steps: int) -> Array:
-    """x_u: `steps` equal teacher steps from t [B] to u [B] (`sampler`'s kernel, `samplers.draw`)."""
+    """x_u: `steps` equal teacher steps from t [B] to u [B] (a one-call kernel solver, `solvers.draw`)."""
+    solver = solvers.get_solver(sampler, allowed=solvers.KERNEL_SOLVERS)
 
     def body(j, x):
         a = t + (u - t) * (j / steps)
         b = t + (u - t) * ((j + 1) / steps)
-        kern = samplers.step_kernel(graph, noise, sampler, x, score_fn(x, noise.total(a)), a, b)
-        return samplers.draw(jax.random.fold_in(key, j), kern)
+        kern = solver.kernel(graph, noise, x, score_fn(x, noise.total(a)), a, b)
+        return solvers.draw(jax.random.fold_in(key, j), kern)
 
     return jax.lax.fori_loop(0, steps, body, x)
 
@@ -192,7 +193,7 @@ def lambdas_for(key: Array, x: Array, sigmabar: Array) -> Array:
     b, length = x.shape
     mult = jnp.uint32(0x9E3779B1)  # golden-ratio multiplier: a polynomial hash mod 2^32
     powers = jnp.cumprod(jnp.full((length,), mult, jnp.uint32), dtype=jnp.uint32)
-    h = jnp.sum(x.astype(jnp.uint32) * powers, axis=1, dtype=jnp.uint32)
+    h = jnp.sum(x.astype(jnp.uint32) * powers[None, :], axis=1, dtype=jnp.uint32)
     s = jax.lax.bitcast_convert_type(jnp.asarray(sigmabar, jnp.float32), jnp.uint32)
 
     def one(row, hh, ss):

@@ -33,11 +33,11 @@ import orbax.checkpoint as ocp
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from lsd_jax import grids, samplers
+from lsd_jax import grids, samplers, solvers
 from lsd_jax.models.dit import score_fn_from
 from lsd_jax.students import di4c
 from lsd_jax.teachers.checkpoint import load_teacher
-from lsd_jax.train.config import CHAIN_FILE
+from lsd_jax.names import CHAIN_FILE
 from ports import sedd
 
 Array = Any
@@ -90,8 +90,8 @@ class Di4CConfig:
                      "(the teacher takes teacher_nfe / nfe steps per student step)")
         if not p and not self.eps < self.delta:
             p.append(f"delta = {self.delta} must exceed eps = {self.eps}")
-        if self.sampler not in samplers.SAMPLERS:
-            p.append(f"sampler = {self.sampler!r} is not supported; allowed: {', '.join(samplers.SAMPLERS)}")
+        if self.sampler not in solvers.KERNEL_SOLVERS:
+            p.append(f"sampler = {self.sampler!r} is not supported; allowed: {', '.join(solvers.KERNEL_SOLVERS)}")
         return p
 
     def validate(self) -> "Di4CConfig":
@@ -174,9 +174,9 @@ class Run:
         params = optax.apply_updates(state["params"], updates)
         d = out.pop("distil_branch")
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-                   "distil": jnp.sum(jnp.where(d, out["distil"], 0.0)) / jnp.maximum(d.sum(), 1),
+                   "distil": jnp.sum(jnp.where(d, out["distil"], 0.0)) / _count(d),
                    "consistency": jnp.sum(jnp.where(d, 0.0, out["consistency_cor"] + out["consistency_marg"]))
-                   / jnp.maximum((~d).sum(), 1),
+                   / _count(~d),
                    "data_cor": out["data_cor"].mean(), "data_marg": out["data_marg"].mean()}
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
@@ -186,6 +186,11 @@ class Run:
         out = samplers.sample(student, self.graph, self.noise, self.grid, jax.random.PRNGKey(EVAL_KEY),
                               self.cfg.eval_samples, self.dit.length, sampler=self.cfg.sampler)
         return self.teacher.metrics(np.asarray(out.tokens))
+
+
+def _count(mask: Array) -> Array:
+    """max(1, number of True entries) as float32 (a mean over a branch's sequences)."""
+    return jnp.maximum(mask.sum(), 1).astype(jnp.float32)
 
 
 def _labels(params: dict) -> dict:
