@@ -34,10 +34,11 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from lsd_jax import grids, samplers, solvers
+from lsd_jax._compat import optax_update
 from lsd_jax.models.dit import score_fn_from
+from lsd_jax.names import CHAIN_FILE
 from lsd_jax.students import di4c
 from lsd_jax.teachers.checkpoint import load_teacher
-from lsd_jax.names import CHAIN_FILE
 from ports import sedd
 
 Array = Any
@@ -170,7 +171,7 @@ class Run:
             return out["total"].mean(), out
 
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = optax_update(self.tx, grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         d = out.pop("distil_branch")
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -251,7 +252,7 @@ def fit(teacher_dir: str, cfg: Di4CConfig, out_dir: str, *, resume: bool = False
     if bar is not None:
         bar.close()
     mngr.close()
-    summary = {"method": "di4c", "teacher": os.path.abspath(teacher_dir), "config": cfg.to_dict(),
+    summary = {"method": "di4c", "teacher": teacher_dir, "config": cfg.to_dict(),
                "step": step, "finished": step >= cfg.steps, "lambda_seed": 0,
                "train_wall_s": prev_wall + time.perf_counter() - t0, "device": jax.devices()[0].platform,
                "last_eval": history[-1] if history else None}
