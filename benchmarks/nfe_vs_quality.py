@@ -1,4 +1,5 @@
-"""Samplers at equal NFE: Euler, Tweedie, best fixed grid, tuned grid, LSD, LSD+, teacher.
+"""Samplers at equal NFE: Euler, Tweedie, trapezoidal, first-hitting, temperature-matched Euler,
+JYS grid, best fixed grid, tuned grid, LSD, LSD+, teacher.
 
 Every row is evaluated on held-out sampling seeds (mean +- std over seeds) with the
 teacher's metrics: on the exact Markov teacher (or a network trained on it, with its
@@ -9,7 +10,10 @@ own many-step samples. Grids and learned parameters are chosen on other seeds.
     python benchmarks/nfe_vs_quality.py --graph absorb --name exact-absorb
     python benchmarks/nfe_vs_quality.py --checkpoint checkpoints/chain-absorb --name net-chain-absorb
 
-Writes benchmarks/results/<name>.json, .md and .png.
+Writes benchmarks/results/<name>.json, .md and .png. On a text checkpoint, follow with
+``text_eval.py --results <name>`` for the evaluators' NLL per character with paired
+intervals against Euler and the anchor rows (``--genppl`` here is per-token gen-PPL only,
+which does not rank samplers on character-level text).
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ def parse(argv=None):
     p.add_argument("--eps", type=float, default=1e-4)
     p.add_argument("--di4c", nargs="*", default=[],
                    help="Di4C student directories (lsd-jax distill-student): rows at their own NFE")
+    p.add_argument("--no-solver-rows", dest="solver_rows", action="store_false",
+                   help="skip the trapezoidal, first-hitting, temperature-matched Euler and JYS-grid rows")
     p.add_argument("--name", required=True)
     args = p.parse_args(argv)
     if args.learn_nfe is None:
@@ -168,6 +174,8 @@ def main(argv=None) -> int:
         uni = grids.uniform(m, args.eps)
         add("euler", m, ev(uni, sampler="euler")[0])
         add("tweedie", m, ev(uni, sampler="tweedie")[0])
+        if args.solver_rows:
+            solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first=m == min(args.nfe))
         if m == min(args.nfe) and teacher.exact:
             with enable_x64():
                 add("euler (float64 draws)", m, ev(uni, sampler="euler", x64=True)[0])
@@ -255,6 +263,30 @@ def di4c_rows(path: str, args, add, select_div, crn) -> None:
     add(f"di4c + best fixed grid ({sampler})", m, ev(best_grid, sampler=sampler)[0],
         {**extra, "grid_name": min(table, key=lambda r: r["divergence"])["grid"],
          "seconds": meta["train_wall_s"] + time.perf_counter() - t0})
+
+
+def solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first: bool) -> None:
+    """Rows of the solvers issue at NFE m: trapezoidal (m / 2 steps of 2 calls), first-hitting
+    (absorbing graph, once: its NFE is L), Euler at one global temperature matched to the
+    teacher's unigram entropy (chosen on the tuning seeds), Euler on the JYS grid."""
+    from lsd_jax import baselines
+
+    if m % 2 == 0:
+        add("trapezoidal", m, ev(grids.uniform(m // 2, args.eps), sampler="trapezoidal")[0], {"steps": m // 2})
+    if first and teacher.graph.is_absorbing:
+        res = ev(grids.uniform(1, args.eps), sampler="fhs")[0]
+        add("first-hitting", teacher.length, res, {"steps": teacher.length})
+    uni = grids.uniform(m, args.eps)
+    target = teacher.chain.unigram_entropy() if teacher.exact else ref_entropy
+    t0 = time.perf_counter()
+    phi, hist = baselines.temperature_matched_euler(teacher, uni, target, seeds=crn, num_samples=args.samples)
+    add("euler, temperature-matched", m, ev(uni, sampler="euler", phi=np.full(m, phi), reading="temperature")[0],
+        {"temperature_phi": phi, "target_entropy": target, "seconds": time.perf_counter() - t0,
+         "search": hist})
+    t0 = time.perf_counter()
+    g = baselines.jys_grid(teacher.score_fn, teacher.graph, teacher.noise, ref[:256], m, args.eps)
+    add("euler, JYS grid", m, ev(g, sampler="euler")[0],
+        {"grid": np.asarray(g).tolist(), "seconds": time.perf_counter() - t0})
 
 
 def markdown(payload: dict, teacher) -> str:

@@ -134,7 +134,7 @@ def jax_tree_poison(params):
     (dict(logits=[0, 1e400, 0]), "key 'logits' has non-finite entries at \\[1\\]"),
     (dict(grid=[1.0, 0.5, 0.2, 1e-4]), "key 'grid' is not the grid its 'logits' give"),
     (dict(whole=[1, 2, 3]), "must hold a JSON object .* got a JSON list"),
-    (dict(drop="eps"), "missing key 'eps'"),
+    (dict(drop="eps"), "missing field 'eps'"),
 ])
 def test_sampler_params_file_checks(tmp_path, edit, needle):
     path = str(tmp_path / "p.json")

@@ -96,6 +96,25 @@ def test_tune_cli_writes_params_sample_reads(tmp_path):
                  "--out", str(tmp_path / "x")]) == 2
 
 
+def test_tune_cli_start_best_fixed(tmp_path):
+    """--start best-fixed: the second evaluation is the named best fixed grid's logits (centred)."""
+    out = tmp_path / "tune"
+    assert main(["tune", "--teacher-vocab", "8", "--teacher-length", "12", "--nfe", "4", "--divergence", "ngram",
+                 "--budget", "3", "--samples", "64", "--teacher-nfe", "32", "--out", str(out), "--no-progress",
+                 "--eval-seeds", "0", "--start", "best-fixed"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["start"].startswith("best fixed grid ")
+    name = result["start"].removeprefix("best fixed grid ")
+    family, _, p = name.partition("-")
+    t = markov_teacher(vocab=8, length=12)
+    g = grids.get_grid(family, 4, 1e-4, p=float(p) if p else 2.0, noise=t.noise)
+    logits = np.asarray(grids.to_logits(jnp.asarray(g), 1e-4), np.float64)
+    evals = json.loads((out / "history.json").read_text())["evaluations"]
+    assert [h["eval"] for h in evals if "eval" in h] == [0, 1, 2]
+    np.testing.assert_allclose(evals[1]["z"], np.clip(logits - logits.mean(), -3, 3), atol=1e-6)
+    assert json.loads((out / "sampler_params.json").read_text())["meta"]["start"] == result["start"]
+
+
 def test_mmd_is_near_zero_for_equal_distributions_and_positive_otherwise():
     from lsd_jax.divergences import mmd
 

@@ -22,6 +22,8 @@ Numerics: LayerNorm, the residual stream, the time embedding and the rotary tabl
 float32 in both compute dtypes; with dtype "bfloat16" the Dense layers and the attention
 run in bfloat16 (as the reference under CUDA bf16 autocast, except that rotary is applied
 in float32 here and the logits are cast to float32 before the output transform).
+Length (~520 lines): one network of three families with its config validation and score
+transforms, kept together so the layer names match the converter's key tables.
 """
 
 from __future__ import annotations
