@@ -80,6 +80,8 @@ def parse(argv=None):
     p.add_argument("--genppl-samples", type=int, default=64, help="samples per seed scored by the evaluator")
     p.add_argument("--show-samples", type=int, default=3, help="decoded samples kept per row (first seed)")
     p.add_argument("--eps", type=float, default=1e-4)
+    p.add_argument("--di4c", nargs="*", default=[],
+                   help="Di4C student directories (lsd-jax distill-student): rows at their own NFE")
     p.add_argument("--no-solver-rows", dest="solver_rows", action="store_false",
                    help="skip the trapezoidal, first-hitting, temperature-matched Euler and JYS-grid rows")
     p.add_argument("--name", required=True)
@@ -215,6 +217,9 @@ def main(argv=None) -> int:
                                                phi=np.asarray(last["phi"]), reading=reading)[0],
                     {"phi": last["phi"], "grid": last["grid"]})
 
+    for d in args.di4c:
+        di4c_rows(d, args, add, select_div, crn)
+
     # share of the Euler -> teacher gap closed: by the exact (headline) divergence where there
     # is one, else by the n-gram divergence against the teacher's held-out samples
     key = exact_divergence_keys(teacher)[0] if teacher.exact else "ngram"
@@ -235,6 +240,32 @@ def main(argv=None) -> int:
     print(md)
     print(f"wrote {jpath}, {mpath}")
     return 0
+
+
+def di4c_rows(path: str, args, add, select_div, crn) -> None:
+    """Rows of a Di4C student (its own sampler and NFE): on the uniform grid, and on the best
+    fixed grid chosen for the student on the tuning seeds (the student as a teacher object).
+    Training cost: the student's train_wall_s."""
+    import json
+
+    from lsd_jax.students import STUDENT_FILE
+    from lsd_jax.teachers.checkpoint import load_teacher
+
+    with open(os.path.join(path, STUDENT_FILE)) as f:
+        meta = json.load(f)
+    cfg = meta["config"]
+    m, sampler = cfg["nfe"], cfg["sampler"]
+    student = load_teacher(path)
+    ev = Evaluator(student, args)
+    extra = {"student": path, "train_seconds": meta["train_wall_s"], "train_steps": meta["step"],
+             "seconds": meta["train_wall_s"]}
+    add(f"di4c ({sampler})", m, ev(grids.uniform(m, cfg["eps"]), sampler=sampler)[0], extra)
+    t0 = time.perf_counter()
+    best_grid, table = tune.best_fixed_grid(student, m, select_div, sampler=sampler, eps=cfg["eps"], crn_seeds=crn,
+                                            num_samples=args.samples)
+    add(f"di4c + best fixed grid ({sampler})", m, ev(best_grid, sampler=sampler)[0],
+        {**extra, "grid_name": min(table, key=lambda r: r["divergence"])["grid"],
+         "seconds": meta["train_wall_s"] + time.perf_counter() - t0})
 
 
 def solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first: bool) -> None:

@@ -1,6 +1,6 @@
-"""`lsd-jax` command line: sample, distill, tune, convert, train-teacher.
+"""`lsd-jax` command line: sample, distill, tune, convert, train-teacher, distill-student.
 
-~590 lines: the parser and the command of each subcommand, which stay thin (the work is in
+~670 lines: the parser and the command of each subcommand, which stay thin (the work is in
 the library); the allowed values come from `lsd_jax.names`, the flag checks from
 `lsd_jax.validate`.
 """
@@ -575,9 +575,64 @@ def _add_train_teacher(sub) -> None:
     p.set_defaults(func=cmd_train_teacher)
 
 
+def cmd_distill_student(args) -> int:
+    from lsd_jax.students import fit as fit_lib
+
+    d = fit_lib.Di4CConfig
+    cfg = d(nfe=args.nfe, teacher_nfe=args.teacher_nfe, lambdas=args.lambdas, batch_size=args.batch_size,
+            steps=args.steps, lr=args.lr, warmup=args.warmup, dit_lr_scale=args.dit_lr_scale, delta=args.delta,
+            distil_prob=args.distil_prob,
+            data_weight=args.data_weight, sampler=args.sampler, eps=args.eps, eval_every=args.eval_every,
+            eval_samples=args.eval_samples, checkpoint_every=args.checkpoint_every, seed=args.seed).validate()
+    try:
+        s = fit_lib.fit(args.checkpoint, cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                        stop_at=args.stop_at)
+    except KeyboardInterrupt:
+        print("lsd-jax distill-student: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    last = s["last_eval"] or {}
+    print(f"wrote {args.out} ({s['step']} steps, {s['train_wall_s']:.0f} s); sample with: lsd-jax sample "
+          f"--checkpoint {args.out} --nfe {cfg.nfe} --sampler {cfg.sampler}"
+          + "".join(f"; {k} {last[k]:.4f}" for k in ("bigram_kl", "nll", "unigram_entropy") if k in last))
+    return 0
+
+
+def _add_distill_student(sub) -> None:
+    from lsd_jax.students import METHODS
+
+    p = sub.add_parser("distill-student", help="distil a network teacher into a few-step student network "
+                       "(Di4C mixture student)")
+    p.add_argument("--method", choices=METHODS, default=METHODS[0])
+    p.add_argument("--checkpoint", required=True, help="network teacher directory (absorbing graph, with chain.json)")
+    p.add_argument("--nfe", type=int, default=8, help="student steps M")
+    p.add_argument("--teacher-nfe", type=int, default=256, help="teacher steps N over (0, 1]: N / M per student step")
+    p.add_argument("--lambdas", type=int, default=8, help="lambda draws per sequence (the mixture's Monte Carlo)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--dit-lr-scale", type=float, default=1.0,
+                   help="learning rate of the teacher's DiT weights / --lr (1: full fine-tuning; 0: only the lambda path)")
+    p.add_argument("--delta", type=float, default=0.02, help="distillation below this time")
+    p.add_argument("--distil-prob", type=float, default=0.3, help="share of sequences in the distillation branch")
+    p.add_argument("--data-weight", type=float, default=0.1, help="weight of the data correlation term")
+    p.add_argument("--sampler", choices=SOLVERS, default="tweedie",
+                   help="the teacher's small steps and the student's own")
+    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-samples", type=int, default=256, help="student samples per progress evaluation")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (student, history, plot, state/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out/state")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated interruption
+    p.set_defaults(func=cmd_distill_student)
+
+
 # Subcommands beyond `sample`: name -> function(subparsers).
 _EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert, "tune": _add_tune,
-                               "train-teacher": _add_train_teacher}
+                               "train-teacher": _add_train_teacher, "distill-student": _add_distill_student}
 
 
 def _preflight(args) -> None:

@@ -44,9 +44,16 @@ def _named_decoder(tok_file: str, num_tokens: int):
 
 
 def load_teacher(path: str, dtype=None) -> Teacher:
-    """Loads the checkpoint, builds its graph and noise, wraps the model as a score function."""
+    """Loads the checkpoint, builds its graph and noise, wraps the model as a score function.
+    A student directory (`lsd-jax distill-student`) loads as its student."""
     from lsd_jax.models.dit import score_fn_from
+    from lsd_jax.students import STUDENT_FILE
     from ports import sedd
+
+    if os.path.isfile(os.path.join(path, STUDENT_FILE)):
+        from lsd_jax.students.di4c import load_student
+
+        return load_student(path)
 
     model, params, cfg = sedd.load(path, dtype)
     graph, noise = sedd.build_core(cfg)
