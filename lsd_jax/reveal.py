@@ -267,6 +267,58 @@ def with_param(policy: Policy, value: float) -> Policy:
     return dataclasses.replace(policy, **{policy.param: float(value)})
 
 
+def is_screened(order, counts) -> bool:
+    """True when no two positions of a step lie in the same gap of the positions revealed
+    before it (gaps: the maximal masked runs, ends included). On a first-order chain with its
+    exact posterior such a plan samples the chain's exact law (they are conditionally
+    independent given the revealed ones)."""
+    order, pos = np.asarray(order), 0
+    revealed = np.zeros(len(order), bool)
+    for c in np.asarray(counts):
+        batch = order[pos: pos + int(c)]
+        gap = np.cumsum(revealed)  # masked positions with equal gap ids share a gap
+        if len(set(gap[batch].tolist())) < len(batch):
+            return False
+        revealed[batch] = True
+        pos += int(c)
+    return True
+
+
+def policy_log_prob(score_fn, graph: Graph, noise: Noise, grid, x: Array, *, policy: Policy, counts=None,
+                    order: Optional[np.ndarray] = None) -> Array:
+    """Exact log-probability [B] that a deterministic policy (planned, margin, entropy, eb)
+    samples the complete sequences x [B, L]: replays x's own tokens in the policy's order
+    and sums the posterior log-probabilities of each revealed token (their choice depends
+    only on what is already revealed, so the path to x is unique). Host loop: for tests
+    and exact evaluation on small teachers."""
+    if not isinstance(policy, (Planned, Margin, Entropy, EB)):
+        raise ValueError(f"policy_log_prob needs a deterministic policy (planned, margin, entropy, eb), "
+                         f"got {policy.name!r}")
+    x = jnp.asarray(x, jnp.int32)
+    bsz, length = x.shape
+    g = jnp.asarray(grid)
+    m = g.shape[0] - 1
+    counts = counts_from_grid(noise, g, length) if counts is None else jnp.asarray(counts, jnp.int32)
+    rank = jnp.asarray(order_rank(planned_order(length, getattr(policy, "shape", None)) if order is None else order))
+    cur = jnp.full(x.shape, graph.mask_id, jnp.int32)
+    total = jnp.zeros((bsz,), g.dtype)
+    k = 0
+    while bool(jnp.any(cur == graph.mask_id)):
+        if isinstance(policy, EB):
+            sb = _sigmabar_of_fraction(noise, jnp.mean(cur == graph.mask_id, -1, dtype=g.dtype))
+            count = None
+        else:
+            sb = jnp.full((bsz,), noise.total(g[min(k, m)]))
+            count = counts[k] if k < m else length  # leftover: the final denoise reveals the rest
+        logp = log_posterior(graph, score_fn(cur, sb).astype(g.dtype))
+        chosen = policy.choose(None, cur == graph.mask_id, logp, x, rank, count)
+        lp_x = jnp.take_along_axis(logp, x[..., None], -1)[..., 0]
+        total = total + jnp.sum(jnp.where(chosen, lp_x, 0.0), -1)
+        cur = jnp.where(chosen, x, cur)
+        k += 1
+    return total
+
+
 # ------------------------------------------------------------------ the sampler loop
 class RevealSamples(NamedTuple):
     tokens: Array  # [B, L] int32
@@ -318,7 +370,7 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, key, x, *, policy, 
 
         def body(c):
             k, state = c
-            frac = jnp.mean(state[0] == mask, -1)
+            frac = jnp.mean(state[0] == mask, -1, dtype=grid.dtype)
             return k + 1, apply(state, k, _sigmabar_of_fraction(noise, frac), 1.0, None, jax.random.fold_in(key, k))
 
         k_end, state = jax.lax.while_loop(cond, body, (jnp.asarray(0), (x, zero, lp0, rev0)))
@@ -351,7 +403,7 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, key, x, *, policy, 
         k1, k2 = jax.random.split(kj)
         pr = -lp / remask.temperature + jax.random.gumbel(k1, x.shape, lp.dtype)
         x_rm = jnp.where(top_k(pr, x != mask, remask.count), mask, x)
-        frac = jnp.mean(x_rm == mask, -1)
+        frac = jnp.mean(x_rm == mask, -1, dtype=grid.dtype)
         big = jnp.full((bsz,), length, jnp.int32)  # reveal every remasked position
         x_new, chosen, lp_d = _reveal_step(score_fn, graph, Planned(), x_rm, _sigmabar_of_fraction(noise, frac),
                                            1.0, reading, k2, rank, big, draw_dtype)
