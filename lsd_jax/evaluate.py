@@ -13,19 +13,36 @@ HELD_OUT_SEED0 = 10_000  # evaluation seeds start here, away from training / tun
 
 
 def run_sampler(teacher, grid, *, sampler: str = "euler", phi=None, reading: str = "linear", seed: int = 0,
-                num_samples: int = 1024, x64: bool = False) -> np.ndarray:
-    """Samples [num_samples, L] from `teacher` with the given grid [M + 1] and phi [M]."""
-    out = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(seed),
-                          num_samples, teacher.length, sampler=sampler, phi=phi, reading=reading, x64=x64)
-    return sharding.to_host(out.tokens)  # several hosts: a global array, gathered on each
+                num_samples: int = 1024, x64: bool = False, reveal=None, remask=None,
+                return_calls: bool = False):
+    """Samples [num_samples, L] from `teacher` with the given grid [M + 1] and phi [M].
+
+    reveal: a `lsd_jax.reveal` policy (None or ctmc: the plain sampler); remask: its corrector.
+    return_calls: also the mean network calls per sample actually made."""
+    from lsd_jax import reveal as reveal_lib
+
+    if reveal is not None and not isinstance(reveal, reveal_lib.Ctmc):
+        out = reveal_lib.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(seed),
+                                num_samples, teacher.length, policy=reveal, phi=phi, reading=reading,
+                                remask=remask or reveal_lib.Remask(), x64=x64)
+        tokens, calls = np.asarray(out.tokens), float(np.mean(np.asarray(out.calls)))
+    else:
+        out = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(seed),
+                              num_samples, teacher.length, sampler=sampler, phi=phi, reading=reading, x64=x64)
+        tokens, calls = sharding.to_host(out.tokens), float(out.network_calls)  # several hosts: gathered on each
+    return (tokens, calls) if return_calls else tokens
 
 
 def evaluate_sampler(teacher, grid, *, sampler: str = "euler", phi=None, reading: str = "linear",
                      seeds: Sequence[int] = (HELD_OUT_SEED0, HELD_OUT_SEED0 + 1, HELD_OUT_SEED0 + 2),
-                     num_samples: int = 1024, x64: bool = False) -> dict:
-    """Metrics per seed, and their mean and standard deviation across seeds."""
-    per_seed = [teacher.metrics(run_sampler(teacher, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
-                                            num_samples=num_samples, x64=x64)) for s in seeds]
+                     num_samples: int = 1024, x64: bool = False, reveal=None, remask=None) -> dict:
+    """Metrics per seed (with the mean network calls per sample), and their mean and
+    standard deviation across seeds."""
+    per_seed = []
+    for s in seeds:
+        tok, calls = run_sampler(teacher, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
+                                 num_samples=num_samples, x64=x64, reveal=reveal, remask=remask, return_calls=True)
+        per_seed.append({**teacher.metrics(tok), "network_calls": calls})
     return {"seeds": list(seeds), "num_samples": num_samples, "per_seed": per_seed, **mean_std(per_seed)}
 
 

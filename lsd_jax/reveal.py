@@ -51,6 +51,7 @@ from lsd_jax.noise import Noise
 
 Array = jnp.ndarray
 POLICIES = ("ctmc", "random", "planned", "confidence", "margin", "entropy", "eb")
+PARAM_BOUNDS = {"budget": (0.0, 8.0), "spread": (0.0, 4.0)}  # ranges tuning searches (nats / priority units)
 
 
 # ------------------------------------------------------------------ counts and orders
@@ -154,10 +155,12 @@ class _Ranked:
     def priority(self, key: Array, logp: Array, drawn: Array, rank: Array) -> Array:  # [B, L]
         raise NotImplementedError
 
-    def choose(self, key, masked, logp, drawn, rank, count) -> Array:
+    def choose(self, key, masked, logp, drawn, rank, count, value=None) -> Array:
+        """bool [B, L]; `value` (traced) overrides `spread` (tuning without recompiling)."""
+        spread = self.spread if value is None else value
         pr = self.priority(key, logp, drawn, rank)
-        if self.spread:
-            pr = pr + self.spread * (1.0 - rank / rank.shape[-1])
+        if self.param is not None:  # model-ordered: mix in the planned order
+            pr = pr + spread * (1.0 - rank / rank.shape[-1])
         return top_k(pr, masked, count)
 
 
@@ -215,12 +218,13 @@ class EB:
     name: str = dataclasses.field(default="eb", init=False)
     param: Optional[str] = dataclasses.field(default="budget", init=False)
 
-    def choose(self, key, masked, logp, drawn, rank, count=None) -> Array:
+    def choose(self, key, masked, logp, drawn, rank, count=None, value=None) -> Array:
+        budget = self.budget if value is None else value
         h = jnp.where(masked, _entropy(logp), jnp.inf)  # [B, L]
         order = jnp.argsort(h, axis=-1, stable=True)
         hs = jnp.take_along_axis(h, order, -1)
         hs0 = jnp.where(jnp.isfinite(hs), hs, 0.0)
-        keep = (jnp.cumsum(hs0, -1) - hs0 <= self.budget) & jnp.isfinite(hs)  # sorted ascending: max = last
+        keep = (jnp.cumsum(hs0, -1) - hs0 <= budget) & jnp.isfinite(hs)  # sorted ascending: max = last
         keep = keep | (jnp.arange(h.shape[-1]) == 0) & jnp.isfinite(hs)
         n = jnp.sum(jnp.cumprod(keep, -1), -1)  # [B]: longest accepted prefix
         return top_k(-h, masked, n)
@@ -335,7 +339,7 @@ def _sigmabar_of_fraction(noise: Noise, frac: Array) -> Array:
     return jnp.clip(sb, 1e-4, hi)
 
 
-def _reveal_step(score_fn, graph, policy, x, sb, phi_k, reading, key, rank, count, draw_dtype):
+def _reveal_step(score_fn, graph, policy, x, sb, phi_k, reading, key, rank, count, draw_dtype, value=None):
     """One call: posterior at x, the policy's choice, tokens drawn there -> (x', chosen, logp of drawn)."""
     ls = samplers.apply_phi(x, score_fn(x, sb), phi_k, reading)
     k1, k2 = jax.random.split(key)
@@ -343,14 +347,15 @@ def _reveal_step(score_fn, graph, policy, x, sb, phi_k, reading, key, rank, coun
     masked = x == graph.mask_id
     logp = log_posterior(graph, ls)
     drawn_c = jnp.minimum(drawn, graph.mask_id - 1)
-    chosen = policy.choose(k2, masked, logp, drawn_c, rank, count)
+    chosen = policy.choose(k2, masked, logp, drawn_c, rank, count, value)
     lp_drawn = jnp.take_along_axis(logp, drawn_c[..., None], -1)[..., 0]
     return jnp.where(chosen, drawn, x), chosen, lp_drawn
 
 
 @functools.partial(jax.jit, static_argnames=("graph", "noise", "policy", "remask", "reading", "draw_dtype"))
-def _run(score_fn, graph, noise, grid, phi, counts, m, rank, key, x, *, policy, remask, reading, draw_dtype):
-    """grid [C + 1], phi [C], counts [C] padded to a capacity C >= m (traced); eb ignores them."""
+def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, policy, remask, reading, draw_dtype):
+    """grid [C + 1], phi [C], counts [C] padded to a capacity C >= m (traced); eb ignores them.
+    value: the policy's own parameter (traced: eb budget / spread), so tuning it does not recompile."""
     bsz, length = x.shape
     mask = graph.mask_id
     zero = jnp.zeros((bsz,), jnp.int32)
@@ -361,7 +366,7 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, key, x, *, policy, 
         x, calls, lp, rev = state
         active = jnp.any(x == mask, -1)  # [B]: samples that still had work for this call
         x_new, chosen, lp_d = _reveal_step(score_fn, graph, policy, x, sb, phi_k, reading, key_k, rank, count,
-                                           draw_dtype)
+                                           draw_dtype, value)
         return (x_new, calls + active, jnp.where(chosen, lp_d, lp), jnp.where(chosen, k, rev))
 
     if isinstance(policy, EB):
@@ -445,12 +450,15 @@ def sample(score_fn, graph: Graph, noise: Noise, grid, key: Array, batch_size: i
     if sorted(order.tolist()) != list(range(length)):
         raise ValueError(f"order must be a permutation of 0..{length - 1}")
     cap = samplers.capacity(m)
+    value = getattr(policy, policy.param) if policy.param else 0.0
+    static = dataclasses.replace(policy, **{policy.param: 0.0}) if policy.param else policy  # one compilation per kind
     g_pad = jnp.concatenate([jnp.asarray(g, fdt), jnp.full((cap - m,), g[-1], fdt)])
     phi_pad = jnp.concatenate([phi.astype(fdt), jnp.ones((cap - m,), fdt)])
     c_pad = jnp.concatenate([counts, jnp.zeros((cap - m,), jnp.int32)])
     x0 = graph.sample_limit(key, (batch_size, length)) if x_init is None else jnp.asarray(x_init, jnp.int32)
     tokens, calls, batch_calls, rev = _run(
         samplers.as_pytree_fn(score_fn), graph, noise, g_pad, phi_pad, c_pad, jnp.asarray(m, jnp.int32),
-        jnp.asarray(order_rank(order)), jax.random.fold_in(key, 1), x0, policy=policy, remask=remask,
+        jnp.asarray(order_rank(order)), jnp.asarray(value, fdt), jax.random.fold_in(key, 1), x0, policy=static,
+        remask=remask,
         reading=reading, draw_dtype=jnp.float64 if x64 else jnp.float32)
     return RevealSamples(tokens, calls, batch_calls, rev)

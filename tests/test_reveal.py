@@ -214,14 +214,14 @@ def test_remask_corrector_counts_its_calls():
 
 
 def test_confidence_ordering_lowers_sample_entropy():
-    """Measured on the default chain at 8 NFE (1024 samples): top-k by the drawn token's
+    """Measured on the default chain at 8 NFE (512 samples): top-k by the drawn token's
     probability collapses the unigram entropy (2.60 nats for the chain); margin and
     entropy orderings, whose choice does not look at the drawn token, do not."""
     t = markov_teacher()
     g = grids.uniform(8, 1e-4)
     ent = {}
     for name in ("random", "confidence", "margin"):
-        out = reveal.sample(t.score_fn, t.graph, t.noise, g, jax.random.PRNGKey(7), 1024, 32,
+        out = reveal.sample(t.score_fn, t.graph, t.noise, g, jax.random.PRNGKey(7), 512, 32,
                             policy=reveal.get_policy(name))
         ent[name] = t.metrics(np.asarray(out.tokens))["unigram_entropy"]
     assert ent["confidence"] < ent["random"] - 0.5
