@@ -284,11 +284,40 @@ def _against_plain(teacher, args, params, name: str, plain_name: str) -> dict:
     }, args)
 
 
+def cmd_distill_reveal(args) -> int:
+    """distill --reveal P: LSD / LSD+ with the policy in the student (lsd_jax.reveal_distill)."""
+    from lsd_jax import reveal_distill
+    from lsd_jax import sampler_params as sp_lib
+
+    if args.resume:
+        raise ValueError("--resume is not supported with --reveal (the fit is short: run it again)")
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        raise ValueError(f"--out {args.out} exists and is not empty: choose a new --out")
+    teacher = load_teacher(args)
+    policy, remask = reveal_from_args(args, teacher)
+    if remask.steps:
+        raise ValueError("--remask-steps is not part of the distilled student; sample with it afterwards")
+    params, history = reveal_distill.fit(teacher, policy, nfe=args.nfe, method=args.method, reading=args.reading,
+                                         epochs=args.epochs, batch=args.batch_size, lr=args.lr, eps=args.eps,
+                                         seed=args.seed, progress=not args.no_progress)
+    os.makedirs(args.out, exist_ok=True)
+    meta = {"method": args.method, "reveal": policy.name, "reveal_param": getattr(policy, policy.param)
+            if policy.param else None, "teacher": teacher.describe()}
+    sp_lib.save(params, os.path.join(args.out, "sampler_params.json"), meta=meta)
+    _write_json(os.path.join(args.out, "history.json"), {"history": history})
+    print(f"wrote {args.out}/sampler_params.json, history.json; selected val bigram KL "
+          f"{history[-1]['selected_val_bigram_kl']}")
+    return 0
+
+
 def cmd_distill(args) -> int:
     import jax
 
     from lsd_jax import distill, grids
     from lsd_jax import sampler_params as sp_lib
+
+    if args.reveal != "ctmc":
+        return cmd_distill_reveal(args)
 
     val_samples = _auto_or_int("--val-samples", args.val_samples)
     for flag, v in (("--val-every", args.val_every), ("--val-reference-nfe", args.val_reference_nfe)):
@@ -497,6 +526,7 @@ def _add_distill(sub) -> None:
     p.add_argument("--eval-seeds", type=int, default=3, help="held-out seeds for the final comparison (0: skip)")
     p.add_argument("--eval-samples", type=int, default=1024)
     p.add_argument("--no-progress", action="store_true")
+    _add_reveal_args(p)
     p.set_defaults(func=cmd_distill)
 
 

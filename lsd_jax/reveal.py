@@ -288,6 +288,33 @@ def is_screened(order, counts) -> bool:
     return True
 
 
+def screened_counts(order, m: int) -> np.ndarray:
+    """Counts [M] for `order` that keep every step screened (`is_screened`) when M allows:
+    greedy maximal screened batches, then the largest split in halves until there are M
+    (a subset of a screened batch is screened); with fewer steps than batches the last
+    step takes the rest (not screened: the best M can do along this order)."""
+    order = np.asarray(order)
+    revealed = np.zeros(len(order), bool)
+    batches, pos = [], 0
+    while pos < len(order):
+        gap, seen, n = np.cumsum(revealed), set(), 0
+        while pos + n < len(order) and gap[order[pos + n]] not in seen:
+            seen.add(gap[order[pos + n]])
+            n += 1
+        revealed[order[pos: pos + n]] = True
+        batches.append(n)
+        pos += n
+    while len(batches) < m:
+        i = int(np.argmax(batches))
+        if batches[i] < 2:
+            batches.append(0)
+            continue
+        batches[i: i + 1] = [batches[i] // 2, batches[i] - batches[i] // 2]
+    if len(batches) > m:
+        batches = batches[: m - 1] + [sum(batches[m - 1:])]
+    return np.asarray(batches, np.int32)
+
+
 def policy_log_prob(score_fn, graph: Graph, noise: Noise, grid, x: Array, *, policy: Policy, counts=None,
                     order: Optional[np.ndarray] = None) -> Array:
     """Exact log-probability [B] that a deterministic policy (planned, margin, entropy, eb)

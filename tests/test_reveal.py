@@ -241,3 +241,36 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="absorbing"):
         reveal.sample(u.score_fn, u.graph, u.noise, grids.uniform(2, 1e-4), jax.random.PRNGKey(0), 2, 4,
                       policy=reveal.Random())
+
+
+# ------------------------------------------------------------------ distillation and the CLI
+def test_distill_loss_is_blind_to_the_factorisation_error():
+    """With the student's own network as teacher the per-token loss is exactly 0 at phi = 1
+    (linear reading: for every phi), whatever the policy's joint error."""
+    from lsd_jax import reveal_distill
+    from lsd_jax import sampler_params as sp_lib
+
+    t = markov_teacher(vocab=4, length=8)
+    rank = jnp.asarray(reveal.order_rank(reveal.planned_order(8)))
+    kw = dict(score_fn=t.score_fn, graph=t.graph, noise=t.noise, policy=reveal.Random(), batch=16, length=8, m=2)
+    p = sp_lib.init(2, 1e-4, "euler", "temperature")
+    key = jax.random.PRNGKey(0)
+    assert float(reveal_distill.loss_fn(p, key, rank, reading="temperature", **kw)) == pytest.approx(0.0, abs=1e-6)
+    sharp = p.replace(phi=jnp.full((2,), 1.5))
+    assert float(reveal_distill.loss_fn(sharp, key, rank, reading="temperature", **kw)) > 1e-3
+    assert float(reveal_distill.loss_fn(sharp, key, rank, reading="linear", **kw)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cli_sample_reveal(tmp_path, capsys):
+    import json
+
+    from lsd_jax.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["sample", "--teacher", "markov", "--teacher-vocab", "4", "--teacher-length", "8", "--nfe", "4",
+                 "--num-samples", "16", "--reveal", "planned", "--json", str(out), "--show", "0"]) == 0
+    r = json.loads(out.read_text())
+    assert r["counts"] == [2, 2, 2, 2] and r["network_calls"] == 4 and r["reveal"] == "planned"
+    assert main(["sample", "--teacher", "markov", "--graph", "uniform", "--nfe", "4", "--reveal", "planned"]) == 2
+    assert "absorbing graph" in capsys.readouterr().err
+    assert main(["sample", "--teacher", "markov", "--nfe", "4", "--reveal", "planned", "--reveal-param", "1"]) == 2
