@@ -37,6 +37,10 @@ puts a plain-torch stand-in for its two functions into sys.modules
 Upstream runs as its code does on this device: float32 on CPU (its CUDA autocast is off),
 bfloat16 blocks on CUDA; ours runs float32 on CPU and bfloat16 on a GPU (--dtype auto).
 Writes benchmarks/results/speed-<backend>.{json,md}.
+
+Modules: speed_upstream.py (importing upstream, the flash-attn stand-ins), speed_distill.py
+(item 5; run as its own program for the mini teacher's measured pieces), speed_report.py
+(the markdown).
 """
 
 from __future__ import annotations
@@ -44,16 +48,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import types
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,6 +67,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import provenance, write_results  # noqa: E402
+from speed_distill import TOKENS, distill_markov, distill_mini  # noqa: E402
+from speed_report import to_markdown, work_ratio  # noqa: E402
+from speed_upstream import load_upstream  # noqa: E402
 
 EPS = 1e-5  # upstream's default terminal time
 NFES = (8, 64)
@@ -75,92 +79,10 @@ SHAPES = {
     "small": dict(hidden=768, blocks=12, heads=12, length=1024, batches=(1,), whole=False),
     "tiny": dict(hidden=64, blocks=2, heads=4, length=64, batches=(2,), whole=True),  # --quick
 }
-TOKENS = 50257  # GPT-2; V = 50258 with the mask
 
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
-
-
-# ------------------------------------------------------------------ upstream, flash-attn
-def _flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, causal=False,
-                                      **_):
-    """Stand-in for flash_attn's varlen packed attention: qkv [total, 3, H, Dh] -> [total, H, Dh]."""
-    import torch
-    import torch.nn.functional as F
-
-    total, _, h, d = qkv.shape
-    lens = cu_seqlens[1:] - cu_seqlens[:-1]
-    if bool((lens == max_seqlen).all()):
-        q, k, v = qkv.view(lens.numel(), max_seqlen, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=softmax_scale)
-        return out.transpose(1, 2).reshape(total, h, d)
-    outs = []
-    for s, e in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist()):
-        q, k, v = qkv[s:e].permute(1, 2, 0, 3).unbind(0)
-        o = F.scaled_dot_product_attention(q[None], k[None], v[None], dropout_p=dropout_p, is_causal=causal,
-                                           scale=softmax_scale)
-        outs.append(o[0].transpose(0, 1))
-    return torch.cat(outs, 0)
-
-
-def _apply_rotary_emb_qkv_(qkv, cos, sin, cos_k=None, sin_k=None, interleaved=False, **_):
-    """Stand-in for flash_attn's in-place rotary on q and k: qkv [B, S, 3, H, Dh], cos/sin [S, Dh/2]."""
-    assert not interleaved and cos_k is None and sin_k is None
-    half = cos.shape[-1]
-    c, s = cos[None, :, None, :].to(qkv.dtype), sin[None, :, None, :].to(qkv.dtype)
-    for i in (0, 1):
-        t = qkv[:, :, i]
-        x1, x2 = t[..., :half].clone(), t[..., half:2 * half].clone()
-        t[..., :half] = x1 * c - x2 * s
-        t[..., half:2 * half] = x2 * c + x1 * s
-    return qkv
-
-
-def install_flash_attn_stub() -> None:
-    fa = types.ModuleType("flash_attn")
-    fa.__doc__ = "lsd-jax benchmark stand-in: plain torch, NOT flash-attn"
-    iface = types.ModuleType("flash_attn.flash_attn_interface")
-    iface.flash_attn_varlen_qkvpacked_func = _flash_attn_varlen_qkvpacked_func
-    layers = types.ModuleType("flash_attn.layers")
-    rot = types.ModuleType("flash_attn.layers.rotary")
-    rot.apply_rotary_emb_qkv_ = _apply_rotary_emb_qkv_
-    fa.flash_attn_interface, fa.layers, layers.rotary = iface, layers, rot
-    sys.modules.update({"flash_attn": fa, "flash_attn.flash_attn_interface": iface, "flash_attn.layers": layers,
-                        "flash_attn.layers.rotary": rot})
-
-
-def load_upstream(path: str | None, commit: str | None = None):
-    """The upstream modules, or (None, reason). commit: recorded as given (for a checkout
-    extracted without .git), else read with git."""
-    if not path:
-        return None, "not available: no --upstream checkout given"
-    if not os.path.isfile(os.path.join(path, "sampling.py")) or not os.path.isdir(os.path.join(path, "model")):
-        return None, f"not available: {path} is not a Score-Entropy-Discrete-Diffusion checkout"
-    try:
-        import flash_attn  # noqa: F401
-
-        stub = False
-    except ImportError:
-        install_flash_attn_stub()
-        stub = True
-    sys.path.insert(0, os.path.abspath(path))
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*autocast.*")
-    warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
-    try:
-        import graph_lib
-        import noise_lib
-        import sampling
-        from model import SEDD
-    except Exception as e:  # noqa: BLE001
-        return None, f"not available: importing upstream from {path} failed: {type(e).__name__}: {e}"
-    with contextlib.suppress(Exception):
-        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    up = types.SimpleNamespace(SEDD=SEDD, sampling=sampling, graph_lib=graph_lib, noise_lib=noise_lib,
-                               flash_attn_stub=stub, path=os.path.abspath(path), commit=commit)
-    return up, None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -445,7 +367,7 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
             r["ratio_per_nfe"] = whole["upstream_per_nfe_s"] / whole["ours_per_nfe_s"]
             r["ratio_step"] = tm["upstream_step"] / tm["ours_step"]
             r["ratio_forward"] = tm["upstream_forward"] / tm["ours_forward"]
-            r["ratio_sampler_work"] = _work_ratio(r)
+            r["ratio_sampler_work"] = work_ratio(r)
             for m in args.nfe:
                 r[f"ratio_whole_nfe{m}"] = whole[str(m)]["upstream"] / whole[str(m)]["ours"]
         for m in args.nfe:
@@ -455,286 +377,6 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
         r["ours_tokens_per_s_per_nfe"] = bsz * L / whole["ours_per_nfe_s"]
         res["batches"][str(bsz)] = r
     return res
-
-
-# ------------------------------------------------------------------------ distillation
-DISTILL_MINI = r"""
-import json, os, sys, time
-import numpy as np, jax, jax.numpy as jnp
-sys.path.insert(0, {root!r})
-from lsd_jax import distill, grids, samplers
-from lsd_jax.teachers.checkpoint import load_teacher
-out = {{}}
-teacher = load_teacher({ckpt!r})
-cfg = distill.DistillConfig(method="lsd+", nfe=8, teacher_nfe=1024, samples=64, batch_size=16, epochs=20)
-L, S, N = teacher.length, cfg.samples, cfg.teacher_nfe
-k_steps = {k_steps}
-log = lambda *a: print(time.strftime("%H:%M:%S"), *a, file=sys.stderr, flush=True)
-# 1. teacher trajectory: the N-step teacher on S samples, compiled once for any step count
-c0 = distill.compile_clock(); t0 = time.perf_counter()
-full = np.asarray(grids.uniform(N, cfg.eps))
-o = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, full[:2], jax.random.PRNGKey(0), S, L,
-                    denoise=False, return_reveal=True)
-jax.block_until_ready(o.tokens)
-out["teacher_first_call_s"] = time.perf_counter() - t0
-out["teacher_compile_s"] = distill.compile_clock() - c0
-g = full[: k_steps + 1]
-t0 = time.perf_counter()
-o = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, g, jax.random.PRNGKey(0), S, L, denoise=False,
-                    return_reveal=True)
-jax.block_until_ready(o.tokens)
-out["teacher_steps_measured"] = k_steps
-out["teacher_step_s"] = (time.perf_counter() - t0) / k_steps
-log("teacher step", out["teacher_step_s"])
-# 2. one epoch minibatch (B = 16, M = 8, LSD+, value and grad through the network)
-rng = np.random.default_rng(0)
-cache = distill.TeacherCache(distill.RevealPath(jnp.asarray(rng.integers(0, teacher.graph.num_tokens, (S, L)), jnp.int32),
-                                                jnp.asarray(rng.integers(1, N + 1, (S, L)), jnp.int32)),
-                             jnp.full((S, L), teacher.graph.mask_id, jnp.int32))
-one = distill.DistillConfig(**{{**cfg.to_dict(), "samples": cfg.batch_size}})
-fn = distill.make_epoch_fn(teacher, one, distill.TeacherCache(distill.path_rows(cache.path, jnp.arange(16)), cache.x_start[:16]))
-state = distill.init_state(one, jax.random.PRNGKey(1))
-c0 = distill.compile_clock(); t0 = time.perf_counter()
-compiled = fn.jitted.lower(*fn.args(state)).compile()
-out["epoch_compile_s"] = time.perf_counter() - t0
-try:
-    ma = compiled.memory_analysis()
-    out["epoch_temp_bytes"] = int(ma.temp_size_in_bytes)
-except Exception:
-    pass
-t0 = time.perf_counter()
-st, stats = compiled(*fn.args(state))
-float(stats["loss"])
-out["minibatch_s"] = time.perf_counter() - t0
-log("minibatch", out["minibatch_s"])
-out.update(distill.memory_report())
-out["teacher_cache_bytes_reveal"] = 2 * S * L * 4
-out["teacher_cache_bytes_dense_path"] = (N + 1) * S * L * 4
-print(json.dumps(out))
-"""
-
-
-def distill_markov(tmp: str) -> dict:
-    """`lsd-jax distill` end to end on the default synthetic teacher, paper defaults, LSD+."""
-    out_dir = os.path.join(tmp, "distill-markov")
-    cmd = [sys.executable, "-m", "lsd_jax.cli", "distill", "--teacher", "markov", "--method", "lsd+", "--out", out_dir,
-           "--eval-seeds", "0", "--no-progress"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        return {"error": p.stderr[-2000:]}
-    with open(os.path.join(out_dir, "history.json")) as f:
-        hist = json.load(f)
-    with open(os.path.join(out_dir, "result.json")) as f:
-        result = json.load(f)
-    timing = hist[0]["timing"]
-    return {"command": "lsd-jax distill --teacher markov --method lsd+ --out DIR --eval-seeds 0 --no-progress",
-            "process_wall_s": round(wall, 2), "fit_s": round(result["fit_seconds"], 2), "timing": timing,
-            "startup_and_outputs_s": round(wall - result["fit_seconds"], 2),
-            "config": {k: result["config"][k] for k in ("method", "nfe", "teacher_nfe", "samples", "batch_size",
-                                                        "epochs", "select", "loss")},
-            "teacher": result["teacher"]["name"]}
-
-
-def distill_mini(shape: dict, tmp: str, k_steps: int) -> dict:
-    """Mini SEDD teacher, paper defaults: measured pieces in a fresh process, extrapolated."""
-    import sedd_torch_reference as ref
-
-    from ports import sedd
-
-    cfg = ref.make_config("sedd", tokens=TOKENS, hidden_size=shape["hidden"], cond_dim=128, n_blocks=shape["blocks"],
-                          n_heads=shape["heads"], length=shape["length"])
-    hf = ref.save_hf(ref.randomize(ref.build("sedd", cfg), seed=0), cfg, os.path.join(tmp, "distill-hf"))
-    ckpt = os.path.join(tmp, "distill-flax")
-    sedd.convert(hf, ckpt)
-    code = DISTILL_MINI.format(root=ROOT, ckpt=ckpt, k_steps=k_steps)
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    if p.returncode != 0:
-        return {"error": p.stderr[-3000:]}
-    m = json.loads(p.stdout.strip().splitlines()[-1])
-    m["process_wall_s"] = round(time.perf_counter() - t0, 1)
-    est = mini_extrapolation(m)
-    return {"measured": m, "extrapolated": est,
-            "method": (f"teacher: {k_steps} steps of the 1024-step teacher on 64 x L {shape['length']} timed after "
-                       "compile, x 1024; epochs: one minibatch (16 trajectories, 8 student steps, value and grad) "
-                       "timed after compile, x 4 minibatches x 20 epochs (synthetic teacher path of the same "
-                       "shape: the cost does not depend on its content); validation from the per-sequence step "
-                       "cost, linear in batch, at the network-teacher defaults of DistillConfig")}
-
-
-def mini_extrapolation(m: dict) -> dict:
-    """Paper-default distillation time on the mini SEDD from its measured pieces (`m`).
-
-    Validation (select auto = n-gram on a network teacher) at DistillConfig's defaults:
-    val_samples auto (256 on a network teacher), a reference of val_reference_nfe (256)
-    teacher steps drawn once, val_every 1 (every epoch and epoch 0); also val_every 5 and,
-    for comparison, the defaults before (1024 samples, a reference at the full 1024 steps).
-    """
-    from lsd_jax import distill
-
-    d = distill.DistillConfig(method="lsd+")
-    n, s, b, e, mm = d.teacher_nfe, d.samples, d.batch_size, d.epochs, d.nfe
-    val_samples = d.resolved_val_samples(types.SimpleNamespace(exact=False))  # auto on a network teacher
-    ref_nfe = min(d.val_reference_nfe, n)
-    per_seq_step = m["teacher_step_s"] / s  # teacher-style step cost per sequence (linear in batch on a CPU)
-
-    def validation_s(samples, reference_nfe, every):
-        # the reference once + (validated epochs) students of M + 1 calls, all on `samples` sequences
-        return per_seq_step * samples * (reference_nfe + len(distill.validated_epochs(e, every)) * (mm + 1))
-
-    est = {
-        "teacher_trajectory_s": n * m["teacher_step_s"],
-        "student_epochs_s": e * (s // b) * m["minibatch_s"],
-        "compile_s": m["teacher_compile_s"] + m["epoch_compile_s"],
-        "validation_samples": val_samples,
-        "validation_reference_nfe": ref_nfe,
-        "validation_reference_s": per_seq_step * val_samples * ref_nfe,
-        "validation_ngram_s": validation_s(val_samples, ref_nfe, d.val_every),  # val_every 1 (default)
-        "validation_ngram_every5_s": validation_s(val_samples, ref_nfe, 5),
-        "validation_ngram_previous_defaults_s": validation_s(1024, n, 1),
-    }
-    est["total_select_none_s"] = est["teacher_trajectory_s"] + est["student_epochs_s"] + est["compile_s"]
-    est["total_default_s"] = est["total_select_none_s"] + est["validation_ngram_s"]
-    est["total_val_every5_s"] = est["total_select_none_s"] + est["validation_ngram_every5_s"]
-    return est
-
-
-# ------------------------------------------------------------------------------- report
-NOISE_SHARE = 0.05  # sampler work (step - forward) at or below this share of the step: timing noise
-
-
-def _work_ratio(r: dict):
-    """upstream / ours sampler work; None where either side's sampler work is below timing
-    noise (<= 0, or <= NOISE_SHARE of its own step time): step - forward of two medians
-    can then come out at any size or sign, and the ratio means nothing."""
-    for who in ("ours", "upstream"):
-        work, step = r.get(f"{who}_sampler_work_s"), r["timings"].get(f"{who}_step", {}).get("median_s")
-        if work is None or step is None or work <= 0 or work <= NOISE_SHARE * step:
-            return None
-    return r["upstream_sampler_work_s"] / r["ours_sampler_work_s"]
-
-
-def fmt_s(x):
-    return "-" if x is None else (f"{x:.3f} s" if x < 10 else f"{x:.1f} s")
-
-
-def to_markdown(p: dict) -> str:
-    pv = p["provenance"]
-    lines = ["# Sampling speed: lsd_jax vs the upstream SEDD sampler, roofline, distillation", "",
-             f"- date: {pv['date']}", f"- command: `{pv['command']}`", f"- commit: {pv['commit']}",
-             f"- machine: {pv['machine']}; torch {p['torch']['version']} on {p['torch']['device']} "
-             f"({p['torch']['threads']} threads); load average at start {p['load_avg']['start']}, "
-             f"end {p['load_avg']['end']} (other jobs shared the cores: every ratio below is from this one run, "
-             "ours and upstream's runs interleaved)",
-             f"- upstream: {p['upstream']['status']}", ""]
-    rf = p["roofline"]
-    lines += [f"Matmul roofline measured in this run ({rf['dtype']} square GEMMs n = "
-              f"{', '.join(map(str, rf['sizes']))}, best of {len(rf['measurements'])} measurements taken at "
-              f"{', '.join(r['time'] for r in rf['measurements'])}): JAX {rf['jax_gflops']} GFLOP/s, "
-              f"torch {rf['torch_gflops']} GFLOP/s -> roofline {rf['roofline_gflops']} GFLOP/s. The fraction of it "
-              "that a model reaches is in the forward GFLOP/s column.", "",
-              "Sampler: Euler, uniform grid, eps 1e-5, all-mask start, final denoise (NFE M = M predictor calls; "
-              "whole samples make M + 1 network calls in both implementations). Our model: "
-              f"{p['dtype']}.", ""]
-    lo, hi = min(p["nfe"]), max(p["nfe"])
-    lines += ["| shape | B | NFE ratio (upstream / ours) | step ratio | forward ratio | sampler-work ratio | "
-              f"whole @{lo} ratio | whole @{hi} ratio | our step, before / after this change |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for name, s in p["shapes"].items():
-        for b, r in s["batches"].items():
-            if "ratio_per_nfe" not in r:
-                continue
-            wr = _work_ratio(r)
-            wr = f"{wr:.1f}x" if wr is not None else "n/a (below timing noise)"
-            lines.append(f"| {name} | {b} | **{r['ratio_per_nfe']:.2f}x** | {r['ratio_step']:.2f}x | "
-                         f"{r['ratio_forward']:.2f}x | {wr} | "
-                         f"{r.get(f'ratio_whole_nfe{lo}', float('nan')):.2f}x | {r.get(f'ratio_whole_nfe{hi}', float('nan')):.2f}x | "
-                         f"{r['speedup_step_vs_before']:.2f}x |")
-    lines += [""]
-    for name, s in p["shapes"].items():
-        sh = s["shape"]
-        fl = s["flops_per_sequence"]
-        lines += [f"## {name}: D {sh['hidden']}, {sh['blocks']} blocks, {sh['heads']} heads, V {s['vocab']}, "
-                  f"L {sh['length']}", "",
-                  f"- model FLOPs per sequence per NFE: {fl['total'] / 1e9:.2f} GFLOP (dense {fl['dense'] / 1e9:.2f}, "
-                  f"attention {fl['attention'] / 1e9:.2f}, output projection {fl['output_projection'] / 1e9:.2f})",
-                  f"- parity of the two loaded models (log-score): {s['parity'] or 'n/a'}", ""]
-        lines += [f"| B | who | forward | step | sampler work (share) | per NFE | whole @{lo} | whole @{hi} | "
-                  f"forward GFLOP/s (roofline) | tokens/s @{hi} |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for b, r in s["batches"].items():
-            tm = {k: v["median_s"] for k, v in r["timings"].items()}
-            for who in ("ours", "upstream"):
-                if f"{who}_step" not in tm:
-                    continue
-                w = r["whole"]
-                gf = r[f"{who}_forward_gflops"]
-                lines.append(
-                    f"| {b} | {who} | {fmt_s(tm[who + '_forward'])} | {fmt_s(tm[who + '_step'])} | "
-                    f"{fmt_s(r[who + '_sampler_work_s'])} ({100 * r[who + '_sampler_share']:.0f}%) | "
-                    f"{fmt_s(w[who + '_per_nfe_s'])} | {fmt_s(w[str(lo)].get(who))} | {fmt_s(w[str(hi)].get(who))} | "
-                    f"{gf:.1f} ({100 * gf / rf['roofline_gflops']:.0f}%) | "
-                    f"{r.get(who + f'_tokens_per_s_nfe{hi}', float('nan')):.1f} |")
-            lines.append(f"| {b} | ours before (probability space, flat Gumbel-max) | | {fmt_s(tm['before_step'])} | "
-                         f"{fmt_s(r['before_sampler_work_s'])} | | | | | |")
-            lines.append(f"| {b} | | whole samples: {r['whole']['method']} | | | | | | | |")
-            mem = r.get("upstream_step_memory", {})
-            ours_tmp = r.get("ours_step_temp_bytes")
-            lines.append(f"| {b} | memory | upstream step: {mem.get('bvl_allocations', '?')} [B, L, V] allocations, "
-                         f"{mem.get('bvl_bytes', mem.get('peak_step_bytes', 0)) / 2**20:.0f} MiB; ours: XLA temp "
-                         f"{(ours_tmp or 0) / 2**20:.0f} MiB for the whole step | | | | | | | |")
-        lines.append("")
-    d = p.get("distill", {})
-    if d:
-        lines += ["## Distillation wall-clock (LSD+, paper defaults: teacher 1024 NFE, 64 samples, 20 epochs, "
-                  "batch 16, 8-NFE student)", ""]
-        mk = d.get("markov")
-        if mk and "timing" in mk:
-            t = mk["timing"]
-            lines += [f"Default synthetic teacher ({mk['teacher']}), `{mk['command']}`, run end to end: process "
-                      f"{mk['process_wall_s']} s, fit {mk['fit_s']} s, peak RSS {t.get('peak_rss_mib')} MiB.", "",
-                      "| phase | wall | compile | run |", "|---|---|---|---|"]
-            for ph in ("teacher", "epochs", "validation", "checkpoints"):
-                x = t[ph]
-                lines.append(f"| {ph} ({x['calls']} calls) | {x['wall_s']} s | {x['compile_s']} s | {x['run_s']} s |")
-            lines.append(f"| startup, imports, outputs | {mk['startup_and_outputs_s']} s | | |")
-            lines.append("")
-        elif mk:
-            lines += [f"synthetic teacher: {mk}", ""]
-        mi = d.get("mini")
-        if mi and "measured" in mi:
-            m, e = mi["measured"], mi["extrapolated"]
-            if "validation_ngram_every5_s" not in e:  # results from before val_every: current defaults
-                e = mini_extrapolation(m)
-            ms = SHAPES["mini"]
-            lines += [f"Mini SEDD teacher (D {ms['hidden']}, {ms['blocks']} blocks, V {TOKENS + 1}, L {ms['length']}): "
-                      f"{mi['method']}. Process wall-clock {m.get('process_wall_s')} s.", "",
-                      "| phase | measured | paper defaults (extrapolated) |", "|---|---|---|",
-                      f"| compile: teacher sampler / epoch | {m['teacher_compile_s']:.1f} s / {m['epoch_compile_s']:.1f} s | "
-                      f"{e['compile_s']:.0f} s |",
-                      f"| teacher trajectory | {m['teacher_step_s']:.2f} s per step (64 x L) | "
-                      f"{e['teacher_trajectory_s'] / 60:.1f} min |",
-                      f"| student epochs | {m['minibatch_s']:.1f} s per minibatch of 16 | "
-                      f"{e['student_epochs_s'] / 60:.1f} min |",
-                      f"| validation (select auto = n-gram: {e['validation_samples']} samples, reference at "
-                      f"{e['validation_reference_nfe']} teacher steps = {e['validation_reference_s'] / 3600:.1f} h "
-                      f"of it), val_every 1 (default) / 5 | - | {e['validation_ngram_s'] / 3600:.1f} h / "
-                      f"{e['validation_ngram_every5_s'] / 3600:.1f} h |",
-                      f"| validation at the defaults before (1024 samples, reference at 1024 steps, every epoch) "
-                      f"| - | {e['validation_ngram_previous_defaults_s'] / 3600:.1f} h |",
-                      f"| total, select none / default (val_every 1) / val_every 5 | - | "
-                      f"{e['total_select_none_s'] / 60:.0f} min / {e['total_default_s'] / 3600:.1f} h / "
-                      f"{e['total_val_every5_s'] / 3600:.1f} h |", "",
-                      f"Memory: peak RSS {m.get('peak_rss_mib')} MiB (process); compiled epoch temporaries "
-                      f"{m.get('epoch_temp_bytes', 0) / 2**20:.0f} MiB; teacher cache {m['teacher_cache_bytes_reveal'] / 2**10:.0f} KiB "
-                      f"(final state + reveal step) instead of {m['teacher_cache_bytes_dense_path'] / 2**20:.0f} MiB "
-                      "for the dense [N + 1, S, L] path.", ""]
-        elif mi:
-            lines += [f"mini SEDD distillation: {mi}", ""]
-    lines += ["## Notes", ""] + [f"- {n}" for n in p["notes"]] + [""]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:

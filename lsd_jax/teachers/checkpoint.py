@@ -10,16 +10,16 @@ import numpy as np
 
 from lsd_jax.teachers import Teacher, letter_decoder
 from lsd_jax.teachers.markov import MarkovChain
+# written by train-teacher: chain.json (networks trained on a Markov chain), tokenizer.json (text teachers)
+from lsd_jax.train.config import CHAIN_FILE, TOKENIZER_FILE
 
 GPT2_TOKENS = 50257
-CHAIN_FILE = "chain.json"  # written by train-teacher for networks trained on a Markov chain
-TOKENIZER_FILE = "tokenizer.json"  # written by train-teacher for text teachers: {"tokenizer": name, "seq_len"}
 
 
 def _gpt2_decoder():
     """GPT-2 decode for checkpoints in GPT-2's vocabulary; None when the tokenizer can't be had."""
     try:
-        from lsd_jax.data.tokenizers import get_tokenizer
+        from lsd_jax.data.corpus import get_tokenizer
 
         tok = get_tokenizer("gpt2")
     except Exception as e:  # noqa: BLE001 - decoding is a convenience, never fatal
@@ -31,7 +31,7 @@ def _gpt2_decoder():
 def _named_decoder(tok_file: str, num_tokens: int):
     """Decode with the tokenizer named in a train-teacher tokenizer.json (ids >= num_tokens,
     i.e. the mask, are dropped)."""
-    from lsd_jax.data.tokenizers import get_tokenizer
+    from lsd_jax.data.corpus import get_tokenizer
 
     with open(tok_file) as f:
         name = json.load(f)["tokenizer"]
