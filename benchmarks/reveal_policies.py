@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     for m in args.nfe:
         rows = rows_for(teacher, m, args)
         if args.best_grid:
-            g, table = tune.best_fixed_grid(teacher, m, div or tune.exact_divergence(teacher), eps=EPS,
+            g, table = tune.best_fixed_grid(teacher, m, div or (lambda tok: teacher.metrics(tok)[key]), eps=EPS,
                                             num_samples=args.samples)
             best = min(table, key=lambda r: r["divergence"])["grid"]
             rows.insert(1, (f"euler, best fixed grid ({best})", g, None, None, None))
@@ -207,10 +207,12 @@ def plot(p: dict, path: str) -> None:
 
     key = p["divergence"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    labels = sorted({r["label"].split(" (")[0] for r in p["rows"]})
-    for lab in labels:
-        pts = sorted((r["network_calls"], r[key]) for r in p["rows"] if r["label"].split(" (")[0] == lab)
-        ax.plot(*zip(*pts), "o-", label=lab)
+    group = lambda label: label.split(" (")[0].split(" 2x")[0]  # one line per policy across M
+    labels = sorted({group(r["label"]) for r in p["rows"]})
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, 20))
+    for i, lab in enumerate(labels):
+        pts = sorted((r["network_calls"], r[key]) for r in p["rows"] if group(r["label"]) == lab)
+        ax.plot(*zip(*pts), "os^vD<>"[i % 7] + "-", color=colors[(2 * i) % 20 + (2 * i) // 20], label=lab)
     ax.axhline(p["ceiling"][key], color="k", ls="--", label=f"teacher ({p['teacher_nfe']} steps)")
     ax.set_xlabel("network calls per sample")
     ax.set_ylabel(key)
@@ -220,6 +222,19 @@ def plot(p: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def replot(name: str) -> None:
+    """Re-renders the markdown and plot of a results JSON (no sampling)."""
+    import json
+
+    from benchmarks.common import RESULTS
+
+    with open(os.path.join(RESULTS, name + ".json")) as f:
+        payload = json.load(f)
+    with open(os.path.join(RESULTS, name + ".md"), "w") as f:
+        f.write(markdown(payload))
+    plot(payload, os.path.join(RESULTS, name + ".png"))
 
 
 if __name__ == "__main__":

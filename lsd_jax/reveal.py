@@ -164,6 +164,24 @@ class _Ranked:
         return top_k(pr, masked, count)
 
 
+    def __call__(self, key: Array, kern, ctx, graph: Graph, noise: Noise) -> Array:
+        """The solvers' reveal hook (`samplers.sample(..., policy=self)`): one grid step from
+        ctx.x [B, L] at ctx.t to ctx.t_next [B] with the phi-scaled ctx.log_score. Reveals down to
+        round(L P(masked at t_next) / P(masked at 1)) masked positions (= `counts_from_grid` but
+        for exact .5 ties; the final denoise takes what t_M leaves) -> x_next [B, L] int32."""
+        x, length = ctx.x, ctx.x.shape[-1]
+        p_masked = lambda t: -jnp.expm1(-noise.total(t))
+        left = jnp.floor(length * p_masked(ctx.t_next) / p_masked(jnp.ones_like(ctx.t)) + 0.5).astype(jnp.int32)
+        masked = x == graph.mask_id
+        count = jnp.maximum(jnp.sum(masked, -1) - left, 0)  # [B]
+        rank = jnp.asarray(order_rank(planned_order(length, getattr(self, "shape", None))))
+        k1, k2 = jax.random.split(key)
+        sb = noise.total(ctx.t)
+        drawn = samplers.draw(k1, samplers.denoise_kernel(graph, x, ctx.log_score, sb))
+        logp = log_posterior(graph, ctx.log_score)
+        return jnp.where(self.choose(k2, masked, logp, drawn, rank, count), drawn, x).astype(jnp.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class Random(_Ranked):
     name: str = dataclasses.field(default="random", init=False)
