@@ -274,3 +274,22 @@ def test_cli_sample_reveal(tmp_path, capsys):
     assert main(["sample", "--teacher", "markov", "--graph", "uniform", "--nfe", "4", "--reveal", "planned"]) == 2
     assert "absorbing graph" in capsys.readouterr().err
     assert main(["sample", "--teacher", "markov", "--nfe", "4", "--reveal", "planned", "--reveal-param", "1"]) == 2
+
+
+def test_solvers_hook_reveals_the_grid_counts():
+    """`policy(key, kern, ctx, graph, noise)` (the solvers' loop hook) reveals, step by step,
+    exactly `counts_from_grid` positions from a stateless rounding of the grid."""
+    from collections import namedtuple
+
+    ctx_t = namedtuple("DrawContext", "x log_score t t_next")
+    t = markov_teacher(vocab=5, length=16)
+    g = grids.power(5, 1e-4, 1.7)
+    counts = np.asarray(reveal.counts_from_grid(t.noise, g, 16))
+    x = jnp.full((4, 16), t.graph.mask_id, jnp.int32)
+    for k, pol in enumerate([reveal.Planned()] * 5):
+        tb, tn = jnp.full((4,), g[k]), jnp.full((4,), g[k + 1])
+        ctx = ctx_t(x, t.score_fn(x, t.noise.total(tb)), tb, tn)
+        x_new = pol(jax.random.PRNGKey(k), None, ctx, t.graph, t.noise)
+        assert ((x == t.graph.mask_id) & (x_new != t.graph.mask_id)).sum(1).tolist() == [counts[k]] * 4
+        x = x_new
+    assert (np.asarray(x) < 5).all()
