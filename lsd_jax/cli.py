@@ -49,6 +49,12 @@ def _add_reveal_args(p: argparse.ArgumentParser, tune: bool = False) -> None:
     p.add_argument("--remask-steps", type=int, default=0,
                    help="ReMDM-style corrector: extra network calls after the reveal steps (counted as NFE)")
     p.add_argument("--remask-count", type=int, default=1, help="positions remasked and redrawn per corrector call")
+    if not tune:
+        p.add_argument("--reveal-counts", choices=["auto", "grid", "screened"], default="auto",
+                       help="how many positions each step reveals: grid (the grid's expected CTMC counts), "
+                            "screened (planned: the order's own counts, 1,1,2,4,... split to M steps, that keep "
+                            "a first-order chain exact); auto: screened for planned unless --grid or "
+                            "--sampler-params is given, else grid")
     if tune:
         p.add_argument("--tune-reveal-param", action="store_true",
                        help="also tune the policy's parameter (eb budget / spread weight)")
@@ -156,8 +162,19 @@ def cmd_sample(args) -> int:
         args, teacher, _params_reveal_param(args.sampler_params, args.reveal) if args.sampler_params else None)
     if args.gap and not teacher.exact:
         raise ValueError("--gap needs an exact teacher (--teacher markov): it measures the exact bigram KL")
+    counts = None
+    if policy is not None:
+        from lsd_jax import reveal
+
+        mode = args.reveal_counts
+        if mode == "auto":
+            mode = "screened" if policy.name == "planned" and args.grid is None and grid is None else "grid"
+        if mode == "screened":
+            if policy.name != "planned":
+                raise ValueError(f"--reveal-counts screened needs --reveal planned, got {policy.name}")
+            counts = reveal.screened_counts(reveal.planned_order(teacher.length, policy.shape), args.nfe)
     if grid is None:
-        grid = grids.get_grid(args.grid, args.nfe, args.eps, p=args.grid_p, noise=teacher.noise)
+        grid = grids.get_grid(args.grid or "uniform", args.nfe, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()
     if policy is None:
         out = samplers.sample(
@@ -166,11 +183,9 @@ def cmd_sample(args) -> int:
         )
         calls = out.network_calls
     else:
-        from lsd_jax import reveal
-
         out = reveal.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(args.seed),
                             args.num_samples, teacher.length, policy=policy, remask=remask, phi=phi,
-                            reading=reading, x64=args.x64)
+                            reading=reading, x64=args.x64, counts=counts)
         calls = float(jax.numpy.mean(out.calls))
     tokens = sharding.to_host(jax.block_until_ready(out.tokens))  # several hosts: gathered on each
     seconds = time.perf_counter() - t0
@@ -181,7 +196,7 @@ def cmd_sample(args) -> int:
         "sampler": args.sampler,
         "graph": teacher.graph.name,
         "noise": teacher.noise.name,
-        "grid": args.grid if not args.sampler_params else "learned",
+        "grid": (args.grid or "uniform") if not args.sampler_params else "learned",
         "eps": params.eps if args.sampler_params else args.eps,
         "num_samples": args.num_samples,
         "seed": args.seed,
@@ -197,7 +212,8 @@ def cmd_sample(args) -> int:
         result["reveal_policy"] = {"name": policy.name, "param": getattr(policy, policy.param) if policy.param
                                    else None, "remask_steps": remask.steps, "remask_count": remask.count}
         if policy.name != "eb":
-            result["counts"] = [int(c) for c in counts_from_grid(teacher.noise, grid, teacher.length)]
+            result["counts"] = [int(c) for c in (counts if counts is not None else
+                                                 counts_from_grid(teacher.noise, grid, teacher.length))]
     if params_info:
         result["sampler_params"] = params_info
     if args.gap:
@@ -539,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, required=True, help="predictor steps M (the final denoise adds one call)")
     p.add_argument("--num-samples", type=int, default=1024)
-    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear"], default="uniform")
+    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear"], default=None,
+                   help="time grid (default uniform)")
     p.add_argument("--grid-p", type=float, default=2.0, help="exponent of the power grid")
     p.add_argument("--sampler-params", default=None, help="learned sampler parameters (from distill or tune)")
     p.add_argument("--show", type=int, default=3, help="decoded samples to print")

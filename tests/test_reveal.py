@@ -269,8 +269,12 @@ def test_cli_sample_reveal(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["sample", "--teacher", "markov", "--teacher-vocab", "4", "--teacher-length", "8", "--nfe", "4",
                  "--num-samples", "16", "--reveal", "planned", "--json", str(out), "--show", "0"]) == 0
-    r = json.loads(out.read_text())
-    assert r["counts"] == [2, 2, 2, 2] and r["network_calls"] == 4 and r["reveal"] == "planned"
+    r = json.loads(out.read_text())  # planned without a grid: its own screened counts
+    assert r["counts"] == [1, 1, 2, 4] and r["network_calls"] == 4 and r["reveal"] == "planned"
+    assert main(["sample", "--teacher", "markov", "--teacher-vocab", "4", "--teacher-length", "8", "--nfe", "4",
+                 "--num-samples", "16", "--reveal", "planned", "--json", str(out), "--show", "0",
+                 "--reveal-counts", "grid"]) == 0
+    assert json.loads(out.read_text())["counts"] == [2, 2, 2, 2]
     assert main(["sample", "--teacher", "markov", "--graph", "uniform", "--nfe", "4", "--reveal", "planned"]) == 2
     assert "absorbing graph" in capsys.readouterr().err
     assert main(["sample", "--teacher", "markov", "--nfe", "4", "--reveal", "planned", "--reveal-param", "1"]) == 2
