@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -25,8 +26,12 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler")
-    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")
+    from lsd_jax.solvers import SOLVERS
+
+    p.add_argument("--sampler", choices=list(SOLVERS), default="euler",
+                   help="solver (lsd_jax.solvers): euler, tweedie (1 call/step), trapezoidal (2 calls/step), "
+                        "fhs (first-hitting, absorbing graph: one call per token, L in all)")
+    p.add_argument("--eps", type=float, default=None, help=f"terminal time t_M (default {DEFAULT_EPS})")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the sampler")
     p.add_argument("--x64", action="store_true", help="float64 computation and categorical draws")
     p.add_argument("--distributed", action="store_true",
@@ -101,12 +106,14 @@ def _params_reveal_param(path: str, name: str):
 
 def load_teacher(args):
     """Teacher from CLI args: --checkpoint DIR or the markov chain."""
-    from lsd_jax import teachers
+    from lsd_jax import teachers, validate
 
     if getattr(args, "checkpoint", None):
         from lsd_jax.teachers import checkpoint as ckpt_teacher
 
-        return ckpt_teacher.load_teacher(args.checkpoint)
+        teacher = ckpt_teacher.load_teacher(args.checkpoint)
+        validate.probe_score(teacher)  # shape and finiteness, before any work (3 calls on 2 sequences)
+        return teacher
     for field in ("teacher_vocab", "teacher_length"):
         if getattr(args, field) < 2:
             raise ValueError(f"--{field.replace('_', '-')} must be >= 2, got {getattr(args, field)}")
@@ -129,10 +136,10 @@ def _primary() -> bool:
 
 
 def _write_json(path: Optional[str], obj: dict) -> None:
+    from lsd_jax.runs import write_json
+
     if path and _primary():
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=2)
+        write_json(path, obj)
 
 
 def cmd_sample(args) -> int:
@@ -140,24 +147,24 @@ def cmd_sample(args) -> int:
 
     from lsd_jax import grids, samplers, sharding
 
-    if args.nfe < 1:
-        raise ValueError(f"--nfe must be >= 1, got {args.nfe}")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    if not 0.0 < args.eps < 1.0:
-        raise ValueError(f"--eps must be in (0, 1), got {args.eps}")
-    teacher = load_teacher(args)
+    from lsd_jax.solvers import get_solver
+
+    solver = get_solver(args.sampler)
+    steps = solver.steps_for_nfe(args.nfe)  # NFE counts network calls: trapezoidal 8 NFE = 4 steps
     phi, grid, params_info, reading = None, None, None, "linear"
-    if args.sampler_params:
+    if args.sampler_params:  # the file first: its errors before the teacher loads
         from lsd_jax import sampler_params as sp
 
         params = sp.load(args.sampler_params)
-        if params.nfe != args.nfe:
-            raise ValueError(f"--sampler-params {args.sampler_params} has nfe {params.nfe}, but --nfe is {args.nfe}")
+        if params.nfe != steps:
+            raise ValueError(f"--sampler-params {args.sampler_params} has {params.nfe} steps, but --nfe {args.nfe} "
+                             f"with --sampler {args.sampler} is {steps} steps")
         grid, phi, reading = params.grid(), params.phi, params.reading
         params_info = {"file": args.sampler_params, **params.describe()}
         if args.sampler != params.sampler:
             print(f"note: sampler params were learned for {params.sampler}, running {args.sampler}", file=sys.stderr)
+    teacher = load_teacher(args)  # the flags were checked by validate.sample_args
+    solver.check_graph(teacher.graph)
     policy, remask = reveal_from_args(
         args, teacher, _params_reveal_param(args.sampler_params, args.reveal) if args.sampler_params else None)
     if args.gap and not teacher.exact:
@@ -168,13 +175,13 @@ def cmd_sample(args) -> int:
 
         mode = args.reveal_counts
         if mode == "auto":
-            mode = "screened" if policy.name == "planned" and args.grid is None and grid is None else "grid"
+            mode = "screened" if policy.name == "planned" and not args.grid_given and grid is None else "grid"
         if mode == "screened":
             if policy.name != "planned":
                 raise ValueError(f"--reveal-counts screened needs --reveal planned, got {policy.name}")
             counts = reveal.screened_counts(reveal.planned_order(teacher.length, policy.shape), args.nfe)
     if grid is None:
-        grid = grids.get_grid(args.grid or "uniform", args.nfe, args.eps, p=args.grid_p, noise=teacher.noise)
+        grid = grids.get_grid(args.grid or "uniform", steps, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()
     if policy is None:
         out = samplers.sample(
@@ -189,9 +196,12 @@ def cmd_sample(args) -> int:
         calls = float(jax.numpy.mean(out.calls))
     tokens = sharding.to_host(jax.block_until_ready(out.tokens))  # several hosts: gathered on each
     seconds = time.perf_counter() - t0
+    if policy is None and out.nfe != args.nfe:
+        print(f"note: {args.sampler} made {out.nfe} predictor calls (asked --nfe {args.nfe})", file=sys.stderr)
     result = {
-        "nfe": args.nfe,
+        "nfe": out.nfe if policy is None else args.nfe,
         "network_calls": calls,
+        "steps": out.nfe // solver.calls_per_step if policy is None else args.nfe,
         "reveal": args.reveal,
         "sampler": args.sampler,
         "graph": teacher.graph.name,
@@ -264,7 +274,9 @@ def plot_sampler_params(path: str, params, title: str, baseline_grid=None) -> No
     b.legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from lsd_jax.runs import save_figure
+
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -327,10 +339,8 @@ def cmd_distill_reveal(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    import jax
-
-    from lsd_jax import distill, grids
-    from lsd_jax import sampler_params as sp_lib
+    from lsd_jax import distill
+    from lsd_jax.runs import RunLock
 
     if args.reveal != "ctmc":
         return cmd_distill_reveal(args)
@@ -342,14 +352,22 @@ def cmd_distill(args) -> int:
     cfg = distill.DistillConfig(
         method=args.method, sampler=args.sampler, nfe=args.nfe, teacher_nfe=args.teacher_nfe, reading=args.reading,
         loss=args.loss, zeta=args.zeta, epochs=args.epochs, samples=args.samples,
-        batch_size=min(args.batch_size, args.samples), lr=args.lr, eps=args.eps, alternate=args.alternate,
+        batch_size=args.batch_size, lr=args.lr, eps=args.eps, alternate=args.alternate,
         select=args.select, val_samples=val_samples, val_every=args.val_every,
         val_reference_nfe=args.val_reference_nfe, seed=args.seed, x64=args.x64,
     ).validate()
+    with RunLock(args.out, enabled=_primary()):  # --out was checked by validate.distill_args
+        return _distill(args, cfg)
+
+
+def _distill(args, cfg) -> int:
+    import jax
+
+    from lsd_jax import distill
+    from lsd_jax import sampler_params as sp_lib
+    from lsd_jax.runs import write_json
+
     out = args.out
-    if os.path.isdir(out) and os.listdir(out) and not args.resume:
-        raise ValueError(f"--out {out} exists and is not empty: pass --resume to continue it, or choose a new --out")
-    os.makedirs(out, exist_ok=True)
     teacher = load_teacher(args)
     print(f"teacher {teacher.name} ({teacher.graph.name}, {teacher.noise.name}); student {cfg.method} "
           f"{cfg.sampler} M={cfg.nfe} from N={cfg.teacher_nfe}; loss {cfg.loss}, reading {cfg.reading}, "
@@ -365,8 +383,7 @@ def cmd_distill(args) -> int:
     meta = {"method": cfg.method, "teacher": teacher.describe(), "config": cfg.to_dict()}
     if _primary():
         sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
-        with open(os.path.join(out, "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
+        write_json(os.path.join(out, "history.json"), history, indent=1)
         plot_sampler_params(os.path.join(out, "sampler_params.png"), params,
                             f"{cfg.method} ({cfg.loss}, {cfg.reading}) M={cfg.nfe} on {teacher.name}")
     result = {"config": cfg.to_dict(), "teacher": teacher.describe(), "fit_seconds": fit_seconds,
@@ -383,9 +400,10 @@ def cmd_distill(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from ports.cli import convert_main
+    from ports.sedd import convert
 
-    return convert_main([args.src, args.dst, "--dtype", args.dtype])
+    print(json.dumps(convert(args.src, args.dst, dtype=args.dtype)))  # CheckpointError -> main: exit 2
+    return 0
 
 
 def _add_convert(sub) -> None:
@@ -397,24 +415,27 @@ def _add_convert(sub) -> None:
 
 
 def cmd_tune(args) -> int:
+    from lsd_jax.runs import RunLock
+
+    with RunLock(args.out, enabled=_primary()):  # the flags and --out were checked by validate.tune_args
+        return _tune(args)
+
+
+def _tune(args) -> int:
     from lsd_jax import grids, tune
     from lsd_jax import sampler_params as sp_lib
     from lsd_jax.evaluate import run_sampler
     from lsd_jax.teachers.markov import unigram_entropy
 
-    if args.nfe < 1 or args.budget < 1 or args.samples < 1 or args.crn_seeds < 1:
-        raise ValueError("--nfe, --budget, --samples and --crn-seeds must be >= 1")
-    if not 0.0 <= args.entropy_band < 1.0:
-        raise ValueError(f"--entropy-band must be in [0, 1), got {args.entropy_band}")
     out = args.out
-    if os.path.isdir(out) and os.listdir(out):
-        raise ValueError(f"--out {out} exists and is not empty: choose a new directory")
     teacher = load_teacher(args)
+    if args.divergence == "exact" and not teacher.exact or args.divergence == "mmd" and teacher.features is None:
+        tune.make_divergence(args.divergence, teacher, None)  # its error names what the divergence needs
     # reference: the teacher's own many-step samples (the ngram target and the entropy guard)
     ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, args.eps), sampler=args.sampler, seed=1,
                       num_samples=args.samples, x64=args.x64)
     ref_entropy = unigram_entropy(ref, teacher.graph.dim)
-    divergence = tune.make_divergence(args.divergence, teacher, ref)
+    divergence = _finite(tune.make_divergence(args.divergence, teacher, ref), args.divergence)
     policy, remask = reveal_from_args(args, teacher)
     if args.tune_reveal_param and (policy is None or policy.param is None):
         raise ValueError(f"--tune-reveal-param needs --reveal eb, confidence, margin or entropy, got {args.reveal}")
@@ -429,7 +450,6 @@ def cmd_tune(args) -> int:
         tune_reveal_param=args.tune_reveal_param,
     )
     seconds = time.perf_counter() - t0
-    os.makedirs(out, exist_ok=True)
     meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget}
     if policy is not None:
         from lsd_jax import reveal
@@ -463,6 +483,21 @@ def cmd_tune(args) -> int:
     print(f"{args.divergence}: uniform {result['uniform']:.4g} -> tuned {result['best']:.4g} "
           f"(tuning seeds) in {seconds:.1f} s; wrote {out}/sampler_params.json, history.json, sampler_params.png")
     return 0
+
+
+def _finite(divergence: Callable, name: str) -> Callable:
+    """The divergence, stopping the search at the first non-finite value (naming the evaluation)."""
+    count = [0]
+
+    def guarded(tokens) -> float:
+        count[0] += 1
+        v = float(divergence(tokens))
+        if not math.isfinite(v):
+            raise FloatingPointError(f"divergence {name} is non-finite ({v}) at evaluation {count[0]} "
+                                     "(a sampler run on the tuning seeds): the search stops here")
+        return v
+
+    return guarded
 
 
 def _add_tune(sub) -> None:
@@ -556,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int, required=True, help="predictor steps M (the final denoise adds one call)")
     p.add_argument("--num-samples", type=int, default=1024)
     p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear"], default=None,
-                   help="time grid (default uniform)")
+                   help="fixed time grid (default uniform)")
     p.add_argument("--grid-p", type=float, default=2.0, help="exponent of the power grid")
     p.add_argument("--sampler-params", default=None, help="learned sampler parameters (from distill or tune)")
     p.add_argument("--show", type=int, default=3, help="decoded samples to print")
@@ -658,9 +693,35 @@ _EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert,
                                "train-teacher": _add_train_teacher}
 
 
+def _preflight(args) -> None:
+    """Every check the inputs alone decide, before any work (and before jax.distributed):
+    `lsd_jax.validate`, one function per subcommand."""
+    from lsd_jax import validate
+
+    args.eps_given, args.grid_given = getattr(args, "eps", None) is not None, getattr(args, "grid", None) is not None
+    if hasattr(args, "eps") and args.eps is None:
+        args.eps = DEFAULT_EPS
+    if hasattr(args, "grid") and args.grid is None:
+        args.grid = "uniform"
+    check = {"sample": validate.sample_args, "tune": validate.tune_args, "distill": validate.distill_args,
+             "train-teacher": lambda a: validate.output_dir(a.out, "--out", resume=a.resume)}.get(args.cmd)
+    if check is not None:
+        check(args)
+
+
 def main(argv=None) -> int:
+    """Runs a subcommand. Exit status, the same for every subcommand: 0 done; 2 the input
+    is refused (a usage error, a bad flag, file or checkpoint; nothing was computed, or the
+    input alone decided it); 1 the run failed during the work (a non-finite score or loss
+    at a named step, an OS error); 130 interrupted. Errors are one line
+    `lsd-jax CMD: error: ...` on stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _preflight(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"lsd-jax {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
     if getattr(args, "distributed", False):  # before any other jax use
         from lsd_jax import sharding
 
@@ -673,10 +734,16 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"lsd-jax {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except (FloatingPointError, OSError) as e:
+        print(f"lsd-jax {args.cmd}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"lsd-jax {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

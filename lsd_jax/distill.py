@@ -19,9 +19,9 @@ How one loss evaluation works (every choice below is ours where the paper is sil
    the student the teacher's consistent reveals of the first step, which rewards a grid
    that puts most reveals into that step -- the loss fell 4x while the exact divergence
    rose 4.6x. The student must live with its own first step, as it does when sampling.)
-3. Student pass: the core step (`samplers.step_probs` on `apply_phi(score)`), the next
-   state drawn from the student's own kernel (no gradient through the draw; drawn with
-   `samplers.draw` from the same kernel in log space). With B L V above REMAT_BYTES each
+3. Student pass: the core step (the solver's `kernel` on `apply_phi(score)`, its
+   probabilities `solvers.probs(kernel)`), the next state drawn from that same kernel
+   (`solvers.draw`; no gradient through the draw). With B L V above REMAT_BYTES each
    step is recomputed in the backward pass (jax.checkpoint) instead of keeping its
    [B, L, V] residuals. Minibatches are split over all devices (`lsd_jax.sharding`).
 4. Per-step loss at every step k = 0..M-1 (the last included), per position, between the
@@ -79,8 +79,9 @@ import optax
 
 from lsd_jax import grids, samplers
 from lsd_jax import sampler_params as sp_lib
+from lsd_jax import solvers as solvers_lib
 from lsd_jax.sampler_params import SamplerParams
-from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
+from lsd_jax.samplers import READINGS, check_choice
 
 Array = jnp.ndarray
 
@@ -96,7 +97,7 @@ class DistillConfig:
     """Distillation settings; defaults from the paper where it gives them."""
 
     method: str = "lsd"  # lsd: phi only; lsd+: phi and the time grid
-    sampler: str = "euler"  # student (and teacher) step: euler | tweedie
+    sampler: str = "euler"  # student (and teacher) step: a one-call solver (solvers.KERNEL_SOLVERS)
     nfe: int = 8  # student steps M
     teacher_nfe: int = 1024  # teacher steps N
     reading: str = "linear"  # linear: phi s; temperature: s^phi
@@ -124,7 +125,7 @@ class DistillConfig:
 
     def validate(self) -> "DistillConfig":
         check_choice("method", self.method, METHODS)
-        check_choice("sampler", self.sampler, SAMPLERS)
+        solvers_lib.get_solver(self.sampler, solvers_lib.KERNEL_SOLVERS)  # one-call kernels: euler | tweedie
         check_choice("reading", self.reading, READINGS)
         check_choice("loss", self.loss, LOSSES)
         check_choice("select", self.select, SELECT)
@@ -317,6 +318,7 @@ def student_loss(
     Returns (loss, aux) with aux: per-step loss sums, teacher move mass, student reveals.
     """
     graph, noise = teacher.graph, teacher.noise
+    solver = solvers_lib.get_solver(cfg.sampler, solvers_lib.KERNEL_SOLVERS)
     grid = params.grid()  # [M + 1]
     m = cfg.nfe
     idx = _teacher_index(jax.lax.stop_gradient(grid[:-1]), cfg.teacher_nfe, cfg.eps)
@@ -329,9 +331,9 @@ def student_loss(
         sb = noise.total(tb)
         x_t = teacher_state(path, j, graph)
         ls_t = jax.lax.stop_gradient(teacher.score_fn(x_t, sb))
-        p_t = jax.lax.stop_gradient(samplers.step_probs(graph, noise, cfg.sampler, x_t, ls_t, tb, tnb))
+        p_t = jax.lax.stop_gradient(solvers_lib.probs(solver.kernel(graph, noise, x_t, ls_t, tb, tnb)))
         ls_s = samplers.apply_phi(x_s, teacher.score_fn(x_s, sb), phi_k, cfg.reading)
-        p_s = samplers.step_probs(graph, noise, cfg.sampler, x_s, ls_s, tb, tnb)
+        p_s = solvers_lib.probs(solver.kernel(graph, noise, x_s, ls_s, tb, tnb))
         if graph.is_absorbing:
             scored = (x_s == graph.mask_id) & (x_t == graph.mask_id)
         else:
@@ -339,10 +341,10 @@ def student_loss(
         per_pos = position_loss(cfg.loss, p_t, p_s, x_t, x_s, ls_t, ls_s)
         stay_t = jnp.take_along_axis(p_t, x_t[..., None], -1)[..., 0]
         moved_t = jnp.where(scored, 1.0 - stay_t, 0.0).sum()
-        # the student's own next state, drawn from the log-space kernel (same distribution as
-        # p_s; no [B, L, V] noise above samplers.FLAT_VOCAB_MAX; the same uniforms below it)
-        kern = samplers.step_kernel(graph, noise, cfg.sampler, x_s, jax.lax.stop_gradient(ls_s), tb, tnb)
-        x_next = samplers.draw(jax.random.fold_in(k_steps, k), kern)
+        # the student's own next state, drawn from the same kernel (p_s is its probabilities;
+        # no [B, L, V] noise above solvers.FLAT_VOCAB_MAX; the same uniforms below it)
+        kern = solver.kernel(graph, noise, x_s, jax.lax.stop_gradient(ls_s), tb, tnb)
+        x_next = solvers_lib.draw(jax.random.fold_in(k_steps, k), kern)
         reveals = (x_next != x_s).sum()
         return x_next, (jnp.where(scored, per_pos, 0.0).sum(), moved_t, reveals)
 
@@ -491,42 +493,24 @@ def _ckpt_dir(out_dir: str) -> str:
     return os.path.join(os.path.abspath(out_dir), "checkpoints")
 
 
-def save_checkpoint(out_dir: str, state: FitState, history: list, best: SamplerParams) -> None:
-    """Orbax checkpoint of (params, optimizer state, epoch, key, best params) + the JSON history."""
-    import orbax.checkpoint as ocp
+def _checkpoints(out_dir: str):
+    from lsd_jax.runs import Checkpoints
 
+    return Checkpoints(_ckpt_dir(out_dir), prefix="epoch_", keep=2)
+
+
+def save_checkpoint(out_dir: str, state: FitState, history: list, best: SamplerParams) -> None:
+    """Orbax checkpoint of (params, optimizer state, epoch, key, best params) + the JSON history
+    (`lsd_jax.runs.Checkpoints`: the two newest complete epochs are kept)."""
     from lsd_jax import sharding as sharding_lib
 
-    epoch = int(state.epoch)
-    path = os.path.join(_ckpt_dir(out_dir), f"epoch_{epoch:04d}")
-    ckpt = ocp.StandardCheckpointer()
     tree = {"phi": state.params.phi, "logits": state.params.logits, "opt_state": state.opt_state,
             "epoch": state.epoch, "key": jax.random.key_data(state.key) if _is_typed_key(state.key) else state.key,
             "best_phi": best.phi, "best_logits": best.logits}
     tree = sharding_lib.global_tree(tree)  # several hosts: orbax saves global arrays only
     # several hosts share out_dir (orbax needs one directory all of them see): every host
     # writes its part of the checkpoint, process 0 alone writes the history and prunes
-    primary = sharding_lib.is_primary()
-    if primary and os.path.exists(path):
-        import shutil
-
-        shutil.rmtree(path)
-    ckpt.save(path, tree)
-    ckpt.wait_until_finished()
-    if not primary:
-        return
-    with open(os.path.join(path + ".history.json"), "w") as f:
-        json.dump(history, f)
-    # keep the two newest
-    done = sorted(d for d in os.listdir(_ckpt_dir(out_dir)) if d.startswith("epoch_") and not d.endswith(".json"))
-    for old in done[:-2]:
-        import shutil
-
-        shutil.rmtree(os.path.join(_ckpt_dir(out_dir), old), ignore_errors=True)
-        try:
-            os.remove(os.path.join(_ckpt_dir(out_dir), old + ".history.json"))
-        except FileNotFoundError:
-            pass
+    _checkpoints(out_dir).save(int(state.epoch), tree, history, primary=sharding_lib.is_primary())
 
 
 def _is_typed_key(key) -> bool:
@@ -534,27 +518,24 @@ def _is_typed_key(key) -> bool:
 
 
 def latest_checkpoint(out_dir: str) -> Optional[str]:
-    d = _ckpt_dir(out_dir)
-    if not os.path.isdir(d):
-        return None
-    done = sorted(x for x in os.listdir(d) if x.startswith("epoch_") and not x.endswith(".json"))
-    return os.path.join(d, done[-1]) if done else None
+    """The newest complete checkpoint (an interrupted save's leftovers are skipped)."""
+    ck = _checkpoints(out_dir)
+    step = ck.latest()
+    return None if step is None else ck.path(step)
 
 
 def restore_checkpoint(path: str, like: FitState) -> tuple[FitState, list, SamplerParams]:
     """Inverse of `save_checkpoint`: (state, history, best params)."""
-    import orbax.checkpoint as ocp
-
     from lsd_jax import sharding as sharding_lib
+    from lsd_jax.runs import Checkpoints
 
     target = {"phi": like.params.phi, "logits": like.params.logits, "opt_state": like.opt_state,
               "epoch": like.epoch, "key": like.key, "best_phi": like.params.phi, "best_logits": like.params.logits}
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, sharding_lib.global_tree(target))
-    tree = ocp.StandardCheckpointer().restore(path, abstract)
+    name = os.path.basename(path)
+    ck = Checkpoints(os.path.dirname(path), prefix="epoch_")
+    tree, history = ck.restore(int(name[len("epoch_"):]), sharding_lib.global_tree(target))
     params = like.params.replace(phi=tree["phi"], logits=tree["logits"])
     best = like.params.replace(phi=tree["best_phi"], logits=tree["best_logits"])
-    with open(path + ".history.json") as f:
-        history = json.load(f)
     return FitState(params, tree["opt_state"], tree["epoch"], tree["key"]), history, best
 
 
@@ -626,7 +607,31 @@ class _Phase:
 
 
 # --- fit --------------------------------------------------------------------------------
-def fit(
+def fit(teacher, cfg: DistillConfig, key: Optional[Array] = None, *, out_dir: Optional[str] = None,
+        resume: bool = False, **kwargs) -> tuple[SamplerParams, list]:
+    """`_fit` (below: what it computes) guarded before any work: the teacher's score is probed
+    (shape, finiteness); with out_dir the directory is locked for this run
+    (`lsd_jax.runs.RunLock`), a resume must match the configuration saved there (every
+    differing field is named; only `epochs` may change) and an interrupted save's leftovers
+    are removed, so the run continues from the last complete epoch."""
+    from lsd_jax import runs, validate
+    from lsd_jax import sharding as sharding_lib
+
+    cfg.validate()
+    validation_plan(teacher, cfg)
+    validate.probe_score(teacher)
+    if not out_dir:
+        return _fit(teacher, cfg, key, out_dir=out_dir, resume=resume, **kwargs)
+    primary = sharding_lib.is_primary()
+    with runs.RunLock(out_dir, enabled=primary):
+        runs.check_config(out_dir, {"config": cfg.to_dict(), "teacher": teacher.describe()}, resume=resume,
+                          may_change=("config.epochs",), write=primary)
+        if resume and primary:
+            _checkpoints(out_dir).clean()
+        return _fit(teacher, cfg, key, out_dir=out_dir, resume=resume, **kwargs)
+
+
+def _fit(
     teacher,
     cfg: DistillConfig,
     key: Optional[Array] = None,
@@ -688,10 +693,12 @@ def fit(
             state, stats = epoch_fn(state)
             loss = float(stats["loss"])
         phi = np.asarray(state.params.phi)
-        if not (np.isfinite(loss) and np.all(np.isfinite(phi)) and np.all(np.isfinite(np.asarray(state.params.logits)))):
+        bad = [name for name, v in (("loss", loss), ("phi", phi), ("grid logits", state.params.logits))
+               if not np.all(np.isfinite(np.asarray(v)))]
+        if bad:  # the teacher's score was finite when probed: the optimisation diverged
             raise FloatingPointError(
-                f"non-finite loss or sampler parameter at epoch {int(state.epoch)} (loss={loss}, phi={phi}); "
-                "lower the learning rate or use --x64"
+                f"non-finite {' and '.join(bad)} at epoch {int(state.epoch)} (loss={loss}, phi={phi}); the teacher's "
+                "score was finite when probed before the run, so the updates diverged: lower --lr or use --x64"
             )
         rec = {
             "epoch": int(state.epoch),

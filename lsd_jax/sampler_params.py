@@ -4,7 +4,8 @@ phi    [M]  per-step score coefficient (1 = the plain sampler).
 logits [M]  LSD+ time grid: t = grids.from_logits(logits, eps), monotone in (eps, 1]
             for any finite logits; zeros give the uniform grid.
 The file is a small JSON document that `lsd-jax sample --sampler-params FILE` and
-`lsd_jax.sample(...)` (via `.grid()` and `.phi`) accept, whatever method made it.
+`lsd_jax.samplers.sample(..., params, ...)` (in the grid's place: grid, phi, reading and
+solver travel together) accept, whatever method made it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax import grids
-from lsd_jax.samplers import READINGS, SAMPLERS, check_choice
+from lsd_jax.samplers import READINGS, check_choice
+from lsd_jax.solvers import SOLVERS as SAMPLERS
+from lsd_jax.solvers import Solver, get_solver
 
 FORMAT = "lsd-jax-sampler-params/1"
 
@@ -33,7 +36,13 @@ class SamplerParams:
 
     @property
     def nfe(self) -> int:
+        """Steps M (network calls: M x solver.calls_per_step)."""
         return int(self.phi.shape[0])
+
+    @property
+    def solver(self) -> Solver:
+        """The solver object of `sampler` (lsd_jax.solvers)."""
+        return get_solver(self.sampler)
 
     def grid(self) -> jnp.ndarray:
         """Time grid [M + 1] from t_0 = 1 to t_M = eps."""
@@ -69,15 +78,16 @@ def save(params: SamplerParams, path: str, meta: Optional[dict] = None) -> None:
     doc = {"format": FORMAT, **params.describe(), "logits": np.asarray(params.logits, np.float64).tolist()}
     if meta:
         doc["meta"] = meta
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
+    from lsd_jax.runs import write_json
+
+    write_json(path, doc)
 
 
 def load(path: str) -> SamplerParams:
-    """Reads a sampler-params file; errors name the missing or bad field."""
+    """Reads a sampler-params file; `lsd_jax.validate.sampler_params_doc` checks it (errors
+    name the file, the key and what is allowed)."""
+    from lsd_jax import validate
+
     if os.path.isdir(path):
         path = os.path.join(path, "sampler_params.json")
     if not os.path.exists(path):
@@ -85,19 +95,12 @@ def load(path: str) -> SamplerParams:
     with open(path) as f:
         try:
             doc = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not JSON: {e}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise validate.InputError(f"{path} is not JSON: {e}") from None
+    doc = validate.sampler_params_doc(doc, path, required=("format", "phi", "logits", "eps", "sampler", "reading"))
     if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: field 'format' must be {FORMAT!r}, got {doc.get('format')!r}")
-    for key in ("phi", "logits", "eps", "sampler", "reading"):
-        if key not in doc:
-            raise ValueError(f"{path}: missing field {key!r}")
-    phi, logits = np.asarray(doc["phi"], np.float64), np.asarray(doc["logits"], np.float64)
-    if phi.ndim != 1 or phi.shape != logits.shape:
-        raise ValueError(f"{path}: 'phi' and 'logits' must be 1-D of equal length, got {phi.shape}, {logits.shape}")
-    if not (np.all(np.isfinite(phi)) and np.all(np.isfinite(logits))):
-        raise ValueError(f"{path}: 'phi' and 'logits' must be finite")
+        raise validate.InputError(f"{path}: key 'format' must be {FORMAT!r}, got {doc.get('format')!r}")
     check_choice(f"{path}: sampler", doc["sampler"], SAMPLERS)
     check_choice(f"{path}: reading", doc["reading"], READINGS)
-    return SamplerParams(jnp.asarray(phi), jnp.asarray(logits), eps=float(doc["eps"]), sampler=doc["sampler"],
-                         reading=doc["reading"])
+    return SamplerParams(jnp.asarray(doc["phi"]), jnp.asarray(doc["logits"]), eps=float(doc["eps"]),
+                         sampler=doc["sampler"], reading=doc["reading"])

@@ -25,20 +25,22 @@ def convert_parser(prog: str = "lsd-jax convert") -> argparse.ArgumentParser:
 def convert_main(argv: Optional[Sequence[str]] = None) -> int:
     """Parses SRC DST [--dtype], converts, prints the summary as JSON; 0 on success.
 
-    On a CheckpointError prints one line `error: ...` to stderr and returns 1; a usage
-    error returns 2 (argparse's message), --help returns 0.
+    The exit convention of every `lsd-jax` subcommand: a bad input (a CheckpointError,
+    an unwritable DST) prints one line `lsd-jax convert: error: ...` to stderr and returns
+    2, as does a usage error (argparse's message); --help returns 0.
     """
     from ports.sedd import CheckpointError, convert
 
+    parser = convert_parser()
     try:
-        args = convert_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
         return int(e.code or 0)
     try:
         summary = convert(args.src, args.dst, dtype=args.dtype)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (CheckpointError, OSError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary))
     return 0
 

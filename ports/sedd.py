@@ -23,6 +23,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import struct
 import time
 import warnings
@@ -34,6 +35,7 @@ import numpy as np
 
 from lsd_jax import graphs as graphs_lib
 from lsd_jax import noise as noise_lib
+from lsd_jax import validate
 from lsd_jax.models.dit import DTYPES, ConfigError, DiT, DiTConfig, abstract_params, rotary_inv_freq
 from ports.keymaps import Entry, buffer_keys, key_table
 
@@ -171,6 +173,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
         return load_file(path)
     except TypeError:  # numpy has no bfloat16: read the (simple) format directly
         pass
+    except Exception as e:  # noqa: BLE001 - safetensors' own error type: one clear message
+        raise CheckpointError(f"{path} cannot be read as safetensors: {str(e).splitlines()[0]}") from None
     import ml_dtypes
 
     dtypes = dict(_ST_DTYPES, BF16=ml_dtypes.bfloat16)
@@ -198,7 +202,11 @@ def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
             f"{path} is a PyTorch pickle and reading it needs torch, which is not installed: "
             "pip install torch (or lsd-jax[torch]), or provide model.safetensors instead"
         ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle / zip / torch errors: one clear message
+        raise CheckpointError(f"{path} cannot be read as a PyTorch state dict "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path}: expected a state dict (key -> tensor), got {type(state).__name__}")
     bad = sorted(k for k, t in state.items() if not isinstance(t, torch.Tensor))
@@ -230,6 +238,9 @@ def read_state_dict(directory: str) -> tuple[str, dict[str, np.ndarray]]:
     for path in files:
         if not os.path.isfile(path):
             raise CheckpointError(f"shard {path} listed in the index is missing")
+        problem = validate.weight_file_problem(path)
+        if problem:
+            raise CheckpointError(problem)
         state.update(_read_safetensors(path) if fmt == "safetensors" else _read_torch_bin(path))
     return fmt, state
 
@@ -267,6 +278,10 @@ def map_state_dict(state: Mapping[str, np.ndarray], cfg: CheckpointConfig, sourc
     if parts:
         where = f"checkpoint {source}" if source else "checkpoint"
         raise CheckpointError(f"{where} does not match a {cfg.family} DiT ({_describe(cfg.dit)}): " + "; ".join(parts))
+    nonfinite = validate.nonfinite_tensors({e.key: state[e.key] for e in table})
+    if nonfinite:
+        where = f"checkpoint {source}" if source else "checkpoint"
+        raise CheckpointError(f"{where} has tensors with NaN or inf: {', '.join(nonfinite)}")
     _check_inv_freq(state, cfg.dit, buffers)
 
     params: dict = {}
@@ -380,8 +395,9 @@ def save_converted(dst: str, params: Any, cfg: CheckpointConfig) -> None:
     ckptr.save(os.path.join(os.path.abspath(dst), PARAMS_DIR), params)
     ckptr.wait_until_finished()
     ckptr.close()
-    with open(os.path.join(dst, CONVERTED_CONFIG), "w") as f:
-        json.dump(cfg.to_dict(), f, indent=1)
+    from lsd_jax.runs import write_json
+
+    write_json(os.path.join(dst, CONVERTED_CONFIG), cfg.to_dict(), indent=1)  # last: marks the directory complete
 
 
 def load_converted(directory: str, dtype: Optional[str] = None) -> tuple[CheckpointConfig, Any]:
@@ -399,6 +415,9 @@ def load_converted(directory: str, dtype: Optional[str] = None) -> tuple[Checkpo
         raise CheckpointError(f"{directory}/{PARAMS_DIR} could not be restored for {_describe(cfg.dit)}: {e}") from None
     finally:
         ckptr.close()
+    bad = validate.nonfinite_tensors(params)
+    if bad:
+        raise CheckpointError(f"{directory}/{PARAMS_DIR}: parameters with NaN or inf: {', '.join(bad)}")
     if dtype is not None and dtype != saved:
         _check_dtype(dtype)
         cfg, params = cfg.with_dtype(dtype), cast_params(params, dtype)
@@ -439,12 +458,22 @@ def convert(src: str, dst: str, dtype: str = "float32") -> dict:
     _check_dtype(dtype)
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise CheckpointError(f"destination {dst} already exists and is not an empty directory; choose a new path")
-    directory = resolve(src)
-    if is_converted(directory):
-        raise CheckpointError(f"{src} is already a converted directory ({CONVERTED_CONFIG}); load it directly")
-    cfg, params, fmt = read_hf(directory, dtype)
-    params = cast_params(params, dtype)
-    save_converted(dst, params, cfg)
+    created = not os.path.exists(dst)
+    try:
+        validate.output_dir(dst, "DST")  # writable: probed before any reading
+    except validate.InputError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        directory = resolve(src)
+        if is_converted(directory):
+            raise CheckpointError(f"{src} is already a converted directory ({CONVERTED_CONFIG}); load it directly")
+        cfg, params, fmt = read_hf(directory, dtype)
+        params = cast_params(params, dtype)
+        save_converted(dst, params, cfg)
+    except BaseException:
+        if created:  # leave no half-written (or probe-created) destination behind
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
     return {
         "family": cfg.family,
         "graph": cfg.graph,

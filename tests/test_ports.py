@@ -349,9 +349,9 @@ def test_convert_main(make_ckpt, tmp_path, capsys):
     assert convert_main([d, str(tmp_path / "out"), "--dtype", "bfloat16"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["family"] == "radd" and summary["dtype"] == "bfloat16"
-    assert convert_main([d, str(tmp_path / "out")]) == 1
+    assert convert_main([d, str(tmp_path / "out")]) == 2  # the one exit convention: bad input -> 2
     err = capsys.readouterr().err
-    assert err.startswith("error: destination") and err.count("\n") == 1
+    assert err.startswith("lsd-jax convert: error: destination") and err.count("\n") == 1
     assert convert_main([d, str(tmp_path / "out2"), "--dtype", "float16"]) == 2  # usage error
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsd_jax import grids, reveal, samplers
+from lsd_jax import grids, reveal, samplers, solvers
 from lsd_jax._compat import enable_x64
 from lsd_jax.graphs import Absorbing
 from lsd_jax.noise import Geometric, LogLinear
@@ -125,12 +125,13 @@ def _ctmc_law(chain, graph, noise, grid):
         return t
 
     x = jnp.asarray(states)
+    euler = solvers.get_solver("euler")
     for k in range(len(g) - 1):
         tb, tn = jnp.full((len(states),), g[k]), jnp.full((len(states),), g[k + 1])
-        probs = samplers.step_probs(graph, noise, "euler", x, score_fn(x, noise.total(tb)), tb, tn)
+        probs = solvers.probs(euler.kernel(graph, noise, x, score_fn(x, noise.total(tb)), tb, tn))
         dist = dist @ kernel(np.asarray(probs))
     sb = noise.total(jnp.full((len(states),), g[-1]))
-    probs = samplers.normalize(samplers.denoise_probs(graph, x, jnp.exp(score_fn(x, sb)), sb))
+    probs = solvers.probs(samplers.denoise_kernel(graph, x, score_fn(x, sb), sb))
     dist = dist @ kernel(np.asarray(probs))
     clean = (states < v).all(1)
     assert abs(dist[clean].sum() - 1.0) < 1e-9
@@ -281,19 +282,13 @@ def test_cli_sample_reveal(tmp_path, capsys):
 
 
 def test_solvers_hook_reveals_the_grid_counts():
-    """`policy(key, kern, ctx, graph, noise)` (the solvers' loop hook) reveals, step by step,
-    exactly `counts_from_grid` positions from a stateless rounding of the grid."""
-    from collections import namedtuple
-
-    ctx_t = namedtuple("DrawContext", "x log_score t t_next")
+    """`samplers.sample(..., policy=Planned())` (the solvers' loop hook) reveals, step by step,
+    the planned order in `counts_from_grid` batches (a stateless rounding of the grid)."""
     t = markov_teacher(vocab=5, length=16)
     g = grids.power(5, 1e-4, 1.7)
     counts = np.asarray(reveal.counts_from_grid(t.noise, g, 16))
-    x = jnp.full((4, 16), t.graph.mask_id, jnp.int32)
-    for k, pol in enumerate([reveal.Planned()] * 5):
-        tb, tn = jnp.full((4,), g[k]), jnp.full((4,), g[k + 1])
-        ctx = ctx_t(x, t.score_fn(x, t.noise.total(tb)), tb, tn)
-        x_new = pol(jax.random.PRNGKey(k), None, ctx, t.graph, t.noise)
-        assert ((x == t.graph.mask_id) & (x_new != t.graph.mask_id)).sum(1).tolist() == [counts[k]] * 4
-        x = x_new
-    assert (np.asarray(x) < 5).all()
+    out = samplers.sample(t.score_fn, t.graph, t.noise, g, jax.random.PRNGKey(0), 4, 16, policy=reveal.Planned(),
+                          return_reveal=True, mesh=None)
+    step_of = np.repeat(np.arange(1, 6), counts)[reveal.order_rank(reveal.planned_order(16))]
+    np.testing.assert_array_equal(np.asarray(out.reveal), np.broadcast_to(step_of, (4, 16)))
+    assert (np.asarray(out.tokens) < 5).all()

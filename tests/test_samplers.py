@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from lsd_jax._compat import enable_x64
 
-from lsd_jax import grids, samplers
+from lsd_jax import grids, samplers, solvers
 from lsd_jax.graphs import Absorbing, Uniform
 from lsd_jax.noise import Geometric, LogLinear
 from lsd_jax.teachers import markov_teacher
@@ -20,10 +20,15 @@ def random_inputs(graph, key, b=4, length=6, shift=-1.0):
     return x, log_score
 
 
+def step_probs(graph, noise, name, x, log_score, t, t_next):
+    """Normalised one-step probabilities of a one-call solver: derived from its LogKernel."""
+    return solvers.probs(solvers.get_solver(name).kernel(graph, noise, x, log_score, t, t_next))
+
+
 def both_steps(graph, noise, x, log_score, t, t_next):
     tb, tn = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), t_next)
-    e = samplers.step_probs(graph, noise, "euler", x, log_score, tb, tn)
-    w = samplers.step_probs(graph, noise, "tweedie", x, log_score, tb, tn)
+    e = step_probs(graph, noise, "euler", x, log_score, tb, tn)
+    w = step_probs(graph, noise, "tweedie", x, log_score, tb, tn)
     return np.asarray(e), np.asarray(w)
 
 
@@ -65,7 +70,7 @@ def test_exact_euler_step_is_posterior():
         x = jnp.asarray([[5, 2, 5, 5, 1, 5]])
         t, s = 0.6, 0.45
         ls = chain.log_score(graph, x, noise.total(jnp.asarray([t])))
-        probs = np.asarray(samplers.step_probs(graph, noise, "euler", x, ls, jnp.asarray([t]), jnp.asarray([s])))[0]
+        probs = np.asarray(step_probs(graph, noise, "euler", x, ls, jnp.asarray([t]), jnp.asarray([s])))[0]
         # posterior at masked position 0 by brute force over the chain
         import itertools
         x0s = np.array(list(itertools.product(range(5), repeat=6)))
@@ -94,9 +99,9 @@ def test_probs_are_distributions_even_for_huge_steps():
     with enable_x64():
         for graph, noise in [(Absorbing(5), LogLinear()), (Uniform(5), Geometric())]:
             x, ls = random_inputs(graph, jax.random.PRNGKey(2), shift=2.0)
-            for name in samplers.SAMPLERS:
+            for name in solvers.KERNEL_SOLVERS:
                 tb = jnp.ones((4,))
-                p = np.asarray(samplers.step_probs(graph, noise, name, x, ls, tb, tb * 1e-4))
+                p = np.asarray(step_probs(graph, noise, name, x, ls, tb, tb * 1e-4))
                 assert np.all(p >= 0)
                 np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-12)
 
@@ -156,7 +161,7 @@ def test_sample_input_errors():
     teacher = markov_teacher(vocab=6, length=8)
     run = lambda **kw: samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, kw.pop("grid", grids.uniform(4, 1e-4)),
                                        jax.random.PRNGKey(0), 4, 8, **kw)
-    with pytest.raises(ValueError, match="allowed: euler, tweedie"):
+    with pytest.raises(ValueError, match="allowed: euler, tweedie, trapezoidal, fhs"):
         run(sampler="midpoint")
     with pytest.raises(ValueError, match="phi must have shape"):
         run(phi=jnp.ones(3))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsd_jax import grids, samplers, sharding
+from lsd_jax import grids, samplers, sharding, solvers
 from lsd_jax.graphs import Absorbing
 from lsd_jax.noise import LogLinear
 from lsd_jax.teachers import markov_teacher
@@ -39,7 +39,7 @@ def run_with_devices(code: str, n: int = 4, timeout: int = 240) -> dict:
 SAMPLING = """
 import json, re
 import numpy as np, jax, jax.numpy as jnp
-from lsd_jax import grids, samplers, sharding
+from lsd_jax import grids, samplers, sharding, solvers
 from lsd_jax.graphs import Absorbing
 from lsd_jax.noise import LogLinear
 from lsd_jax.models.dit import DiT, DiTConfig, init_params, score_fn_from
@@ -77,7 +77,7 @@ gp = jnp.concatenate([g, jnp.full((samplers.capacity(6) - 6,), g[-1])])
 args = sharding.replicate((samplers.as_pytree_fn(fn), gp, jnp.ones(gp.shape[0] - 1)), mesh)
 x0 = sharding.shard_batch(jnp.full((8, 16), V - 1, jnp.int32), mesh)
 txt = samplers._run.lower(args[0], graph, noise, args[1], args[2], jnp.asarray(6, jnp.int32), jax.random.PRNGKey(0), x0,
-                          sampler="euler", reading="linear", denoise=True, draw_dtype=jnp.float32,
+                          solver=solvers.Euler(), drawer=solvers.GumbelDraw(), reading="linear", denoise=True,
                           return_path=False, mesh=mesh).compile().as_text()
 res["collectives"] = sum(len(re.findall(op + r"(-start)?\\(", txt)) for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute"))
 print(json.dumps(res))
@@ -168,7 +168,7 @@ def test_default_mesh_single_device():
 
 # --- the fast path the sharded program runs ----------------------------------------------
 def test_two_level_draw_is_the_step_distribution():
-    """The two-level Gumbel-max (V > FLAT_VOCAB_MAX) draws from exactly step_probs' kernel:
+    """The two-level Gumbel-max (V > FLAT_VOCAB_MAX) draws from exactly the kernel's probabilities:
     chi-square of 40k draws at one masked position against the probabilities."""
     v = 5000
     graph, noise = Absorbing(v), LogLinear(1e-3)
@@ -176,7 +176,8 @@ def test_two_level_draw_is_the_step_distribution():
     ls_row = np.asarray(rng.normal(size=graph.dim) * 2.5 - 12.0, np.float32)
     ls_row[graph.mask_id] = 0.0
     t, tn = jnp.asarray([0.5]), jnp.asarray([0.3])
-    p = np.asarray(samplers.step_probs(graph, noise, "euler", jnp.full((1, 1), v), jnp.asarray(ls_row)[None, None], t, tn),
+    euler = solvers.Euler()
+    p = np.asarray(solvers.probs(euler.kernel(graph, noise, jnp.full((1, 1), v), jnp.asarray(ls_row)[None, None], t, tn)),
                    np.float64)[0, 0]
     assert 0.05 < p[graph.mask_id] < 0.95  # both stay and reveal matter
     n = 40000
@@ -185,7 +186,7 @@ def test_two_level_draw_is_the_step_distribution():
     def draws(key):
         x = jnp.full((1, n), v, jnp.int32)
         ls = jnp.broadcast_to(jnp.asarray(ls_row), (1, n, graph.dim))
-        return samplers.draw(key, samplers.step_kernel(graph, noise, "euler", x, ls, t, tn))
+        return solvers.draw(key, euler.kernel(graph, noise, x, ls, t, tn))
 
     d = np.asarray(draws(jax.random.PRNGKey(1)))[0]
     obs, e = np.bincount(d, minlength=graph.dim), p * n
@@ -198,15 +199,16 @@ def test_two_level_draw_is_the_step_distribution():
 
 def test_flat_draw_uses_the_categorical_uniforms():
     """V <= FLAT_VOCAB_MAX: the log-space kernel draws the same integers as
-    categorical(step_probs) for the same key (same uniforms, logits off by a constant)."""
+    categorical(probs(kernel)) for the same key (same uniforms, logits off by a constant)."""
     t = markov_teacher(graph="uniform", vocab=8, length=12)
     x = jax.random.randint(jax.random.PRNGKey(0), (64, 12), 0, 8)
     ls = t.score_fn(x, t.noise.total(jnp.full((64,), 0.4)))
     tb, tn = jnp.full((64,), 0.4), jnp.full((64,), 0.3)
-    for smp in samplers.SAMPLERS:
+    for smp in solvers.KERNEL_SOLVERS:
         key = jax.random.PRNGKey(7)
-        a = samplers.categorical(key, samplers.step_probs(t.graph, t.noise, smp, x, ls, tb, tn))
-        b = samplers.draw(key, samplers.step_kernel(t.graph, t.noise, smp, x, ls, tb, tn))
+        kern = solvers.get_solver(smp).kernel(t.graph, t.noise, x, ls, tb, tn)
+        a = solvers.categorical(key, solvers.probs(kern))
+        b = solvers.draw(key, kern)
         assert np.mean(np.asarray(a) == np.asarray(b)) > 0.999, smp
 
 

@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,8 @@ def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
         train.train(cfg, out, progress=False, log=lambda s: None)  # not empty without resume
     with pytest.raises(ValueError, match="hidden_size"):
         train.train(tiny(hidden_size=16), out, resume=True, progress=False, log=lambda s: None)
+    state_dir = os.path.join(out, train.STATE_DIR)  # a kill during the next save left orbax's temp directory
+    shutil.copytree(os.path.join(state_dir, "step_0020"), os.path.join(state_dir, "step_0030.orbax-checkpoint-tmp-1"))
     res = train.train(cfg, out, resume=True, progress=False, log=lambda s: None)
     assert res["finished"] and res["step"] == 40
     for a, b in zip(jax.tree_util.tree_leaves(full["params_tree"]), jax.tree_util.tree_leaves(res["params_tree"])):

@@ -221,8 +221,10 @@ def bigram_kl(chain: MarkovChain, tokens) -> float:
 
 def evaluate(chain: MarkovChain, tokens) -> dict:
     """Exact metrics of samples [B, L]: nll (per token), data entropy, unigram entropies,
-    bigram KL (see `bigram_kl`)."""
-    x = np.asarray(tokens)
+    bigram KL (see `bigram_kl`). Tokens of another length or with ids outside [0, V) are refused."""
+    from lsd_jax import validate
+
+    x = validate.tokens(tokens, chain.num_tokens, chain.length, "tokens scored against the chain")
     lp = chain.log_prob(x)
     return {
         "nll": float(-lp.mean() / chain.length),

@@ -10,7 +10,6 @@ listed in `lsd_jax.train`'s docstring.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -26,11 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
 
 from lsd_jax import graphs as graphs_lib
 from lsd_jax import noise as noise_lib
+from lsd_jax import runs, validate
+from lsd_jax.sharding import is_primary
 from lsd_jax.models.dit import DiT, DiTConfig, init_params, score_fn_from
 from lsd_jax.train.config import (
     CHAIN_FILE, CONFIG_FILE, LOG_FILE, PLOT_FILE, RESUME_MAY_CHANGE, STATE_DIR, TOKENIZER_FILE, VAL_KEY,
@@ -144,26 +144,22 @@ def _run_for(cfg: TrainConfig) -> _Run:
 
 
 # ------------------------------------------------------------------------- checkpoints
-def _manager(out_dir: str) -> ocp.CheckpointManager:
-    opts = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(out_dir), STATE_DIR), options=opts)
+def _manager(out_dir: str) -> runs.Checkpoints:
+    """out_dir/state/step_NNNN (orbax) + step_NNNN.history.json: the two newest complete steps
+    (`lsd_jax.runs.Checkpoints`, shared with distill: an interrupted save is skipped)."""
+    return runs.Checkpoints(os.path.join(os.path.abspath(out_dir), STATE_DIR), prefix="step_", keep=2)
 
 
-def _save_state(mngr: ocp.CheckpointManager, state: dict, history: list) -> None:
+def _save_state(mngr: runs.Checkpoints, state: dict, history: list) -> None:
     step = int(state["step"])
-    if mngr.latest_step() == step:
+    if mngr.latest() == step:
         return
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            history=ocp.args.JsonSave({"history": history})))
-    mngr.wait_until_finished()
+    mngr.save(step, state, {"history": history}, primary=is_primary())
 
 
-def _restore_state(mngr: ocp.CheckpointManager, like: dict) -> tuple[dict, list]:
-    step = mngr.latest_step()
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                     history=ocp.args.JsonRestore()))
-    return out["state"], list(out["history"]["history"])
+def _restore_state(mngr: runs.Checkpoints, like: dict) -> tuple[dict, list]:
+    state, side = mngr.restore(mngr.latest(), like)
+    return state, list(side["history"])
 
 
 def export(out_dir: str, run: _Run, params: Any) -> None:
@@ -175,30 +171,24 @@ def export(out_dir: str, run: _Run, params: Any) -> None:
         shutil.rmtree(params_dir)
     sedd.save_converted(out_dir, jax.device_get(params), cfg)
     if run.data.chain is not None:
-        with open(os.path.join(out_dir, CHAIN_FILE), "w") as f:
-            json.dump(run.data.chain.to_dict(), f)
+        runs.write_json(os.path.join(out_dir, CHAIN_FILE), run.data.chain.to_dict(), indent=None)
     else:
-        with open(os.path.join(out_dir, TOKENIZER_FILE), "w") as f:
-            json.dump({"tokenizer": run.cfg.tokenizer, "seq_len": run.cfg.length}, f)
+        runs.write_json(os.path.join(out_dir, TOKENIZER_FILE), {"tokenizer": run.cfg.tokenizer,
+                                                                "seq_len": run.cfg.length}, indent=None)
 
 
 def _prepare_out(cfg: TrainConfig, out_dir: str, resume: bool) -> None:
     cfg_path = os.path.join(out_dir, CONFIG_FILE)
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not resume:
-        raise ValueError(f"--out {out_dir} exists and is not empty: pass --resume to continue it, or choose a new --out")
+    validate.output_dir(out_dir, "--out", resume=resume)
     if resume and os.path.isfile(cfg_path):
         with open(cfg_path) as f:
             saved = TrainConfig.from_dict(json.load(f))
-        diff = [f"{k} (saved {getattr(saved, k)!r}, now {getattr(cfg, k)!r})"
-                for k in (f.name for f in dataclasses.fields(cfg))
-                if k not in RESUME_MAY_CHANGE and getattr(saved, k) != getattr(cfg, k)]
+        diff = runs.config_diff(saved.to_dict(), cfg.to_dict(), RESUME_MAY_CHANGE)
         if diff:
             raise ValueError(f"--resume: the config differs from the one saved in {cfg_path}: " + ", ".join(diff))
-    os.makedirs(out_dir, exist_ok=True)
-    with open(cfg_path, "w") as f:
-        json.dump(cfg.to_dict(), f, indent=1)
-    with open(os.path.join(out_dir, ".gitignore"), "w") as f:
-        f.write(f"# orbax training state (optimizer moments: 4x the model); regenerate with --resume\n{STATE_DIR}/\n")
+    runs.write_json(cfg_path, cfg.to_dict(), indent=1)
+    runs.write_text(os.path.join(out_dir, ".gitignore"),
+                    f"# orbax training state (optimizer moments: 4x the model); regenerate with --resume\n{STATE_DIR}/\n")
 
 
 # ------------------------------------------------------------------------------- train
@@ -207,7 +197,18 @@ def _device() -> dict:
     return {"platform": d.platform, "device": str(d.device_kind), "count": jax.device_count()}
 
 
-def train(
+def train(cfg: TrainConfig, out_dir: Optional[str] = None, *, resume: bool = False, **kwargs) -> dict:
+    """`_train` (below: what it does) with out_dir locked for this run (`lsd_jax.runs.RunLock`:
+    a second live run on it is refused, a dead run's lock is taken over)."""
+    if out_dir is None:
+        return _train(cfg, out_dir, resume=resume, **kwargs)
+    cfg.validate()
+    validate.output_dir(out_dir, "--out", resume=resume)
+    with runs.RunLock(out_dir, enabled=is_primary()):
+        return _train(cfg, out_dir, resume=resume, **kwargs)
+
+
+def _train(
     cfg: TrainConfig,
     out_dir: Optional[str] = None,
     *,
@@ -237,7 +238,9 @@ def train(
     state = run.init_state()
     history: list = []
     mngr = _manager(out_dir) if out_dir is not None else None
-    if resume and mngr is not None and mngr.latest_step() is not None:
+    if resume and mngr is not None and is_primary():
+        mngr.clean()  # an interrupted save's leftovers: resume from the last complete step
+    if resume and mngr is not None and mngr.latest() is not None:
         state, history = _restore_state(mngr, state)
         prev_wall = next((h["wall_s"] for h in reversed(history) if "wall_s" in h), 0.0)
         log(f"resumed from step {int(state['step'])} ({os.path.join(out_dir, STATE_DIR)})")
@@ -336,15 +339,13 @@ def train(
         summary["command"] = command
     if out_dir is not None:
         export(out_dir, run, state["ema"])
-        with open(os.path.join(out_dir, LOG_FILE), "w") as f:
-            json.dump(summary, f, indent=1)
+        runs.write_json(os.path.join(out_dir, LOG_FILE), summary, indent=1)
         if history:
             ref = summary.get("entropy_rate")
             plot_curve(os.path.join(out_dir, PLOT_FILE), history,
                        f"{cfg.data} {cfg.graph}/{cfg.noise_name}, D{cfg.hidden_size} x{cfg.n_blocks}, "
                        f"B{cfg.batch_size}, seed {cfg.seed}",
                        ref, "data entropy rate" if ref is not None else "", exact_ref)
-        mngr.close()
     total = time.perf_counter() - t_start
     log(f"{'done' if finished else 'stopped'} at step {step}: val NELBO "
         f"{summary['val_nelbo'] if summary['val_nelbo'] is not None else float('nan'):.4f} nats/token "

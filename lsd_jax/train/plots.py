@@ -38,4 +38,6 @@ def plot_curve(path: str, history: list, title: str, reference: Optional[float] 
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from lsd_jax.runs import save_figure
+
+    save_figure(fig, path, dpi=110)
