@@ -32,7 +32,7 @@ EPS = 1e-4
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None)
-    p.add_argument("--hmm", action="store_true", help="the exact HMM oracle (lsd_jax.teachers.hmm.hmm_teacher)")
+    p.add_argument("--hmm", action="store_true", help="the exact HMM oracle (lsd_jax.teachers.hmm_teacher)")
     p.add_argument("--teacher-seed", type=int, default=0, help="markov / hmm teacher: seed of the chain")
     p.add_argument("--nfe", type=int, nargs="+", default=[8, 16])
     p.add_argument("--seeds", type=int, default=3)
@@ -48,9 +48,9 @@ def parse(argv=None):
 
 def load(args):
     if args.hmm:
-        from lsd_jax.teachers.hmm import hmm_teacher
+        from lsd_jax.teachers import hmm_teacher
 
-        return hmm_teacher(seed=args.teacher_seed)
+        return hmm_teacher(seed=args.teacher_seed)  # the default oracle (H 16, V 32, L 32)
     if args.checkpoint:
         from benchmarks.common import bench_teacher
 
@@ -63,7 +63,7 @@ def load(args):
 def divergence_fn(teacher, args):
     """(name, divergence(tokens) -> float); exact bigram KL when the teacher has a chain."""
     if teacher.exact:  # the exact teacher's headline divergence (chain: bigram KL; HMM: lag KL)
-        return getattr(teacher.chain, "HEADLINE", "bigram_kl"), None
+        return getattr(getattr(teacher, "oracle", teacher.chain), "HEADLINE", "bigram_kl"), None
     ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, EPS), seed=1, num_samples=args.samples)
     return "ngram", tune.make_divergence("ngram", teacher, ref)
 
@@ -154,8 +154,8 @@ def main(argv=None) -> int:
     payload = {**provenance(), "teacher": teacher.describe(), "divergence": key, "seeds": seeds,
                "samples": args.samples, "teacher_nfe": args.teacher_nfe, "ceiling": ceiling, "rows": results,
                "seconds": time.perf_counter() - t0,
-               "data_unigram_entropy": (teacher.chain.unigram_entropy() if teacher.exact and
-                                        hasattr(teacher.chain, "unigram_entropy") else None)}
+               "data_unigram_entropy": (getattr(teacher, "oracle", teacher.chain).unigram_entropy()
+                                        if teacher.exact else None)}
     jpath, mpath = write_results(args.name, payload, markdown(payload))
     plot(payload, os.path.join(os.path.dirname(jpath), args.name + ".png"))
     print("wrote", jpath, mpath)

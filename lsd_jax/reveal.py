@@ -1,4 +1,6 @@
 """Reveal planning for absorbing-graph (masked) samplers: which positions a step reveals.
+(Slightly over 500 lines: counts, orders, policies, their loop and the exact likelihood of a
+plan are one idea and are read together.)
 
 On the absorbing graph a step of the CTMC sampler (`ctmc`, today's default) reveals a
 random subset of the masked positions and draws each revealed token from the model's
@@ -30,6 +32,11 @@ with rank the planned order, a mixing weight between the model's ordering and sp
 reveal steps, each of `steps` extra network calls remasks the `count` revealed positions
 drawn by Gumbel top-k of -log p (p: the probability each token had when it was revealed,
 divided by `temperature`) and redraws them from the posterior.
+Two loops run these policies: `reveal.sample` (its own jitted loop: explicit counts, `eb`'s
+adaptive number of calls, the corrector, no call on a step that reveals nothing; what the CLI,
+`evaluate.run_sampler`, tune and the benchmarks use) and the solvers' loop through its
+`policy=` hook (`samplers.sample(..., policy=Planned())`; fixed-count policies only, a call
+every step, M + 1 calls with its final denoise).
 NFE: every network call actually made. A step with count 0 makes no call; the final denoise
 (`samplers.denoise_kernel`, unchanged) runs only when a position is still masked (never,
 when counts sum to L); `eb` reports the calls each sample really used (mean and max).
