@@ -29,13 +29,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import bench_teacher, provenance, write_results  # noqa: E402
 
 from lsd_jax import grids, tune  # noqa: E402
-from lsd_jax.evaluate import run_sampler  # noqa: E402
+from lsd_jax.divergences import make_divergence  # noqa: E402
+from lsd_jax.names import GRAPHS  # noqa: E402
+from lsd_jax.eval.sampling import run_sampler  # noqa: E402
 
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="network teacher trained on the chain (else the exact one)")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb")
+    p.add_argument("--graph", choices=GRAPHS, default="absorb")
     p.add_argument("--nfe", type=int, default=8)
     p.add_argument("--grids", type=int, default=16, help="random grids per set")
     p.add_argument("--samples", type=int, default=512, help="samples per grid (one CRN seed)")
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ref = run_sampler(teacher, grids.uniform(args.ref_nfe, args.eps), seed=1, num_samples=args.samples)
     names = ["exact", "ngram"] + (["mmd"] if teacher.features is not None else [])
-    divs = {n: tune.make_divergence(n, teacher, ref) for n in names}
+    divs = {n: make_divergence(n, teacher, ref) for n in names}
     best_grid, _ = tune.best_fixed_grid(teacher, args.nfe, divs["exact"], eps=args.eps, crn_seeds=(0,),
                                         num_samples=args.samples)
     best_logits = np.asarray(grids.to_logits(jnp.asarray(best_grid), args.eps), np.float64)

@@ -1,4 +1,5 @@
-"""Samplers at equal NFE: Euler, Tweedie, best fixed grid, tuned grid, LSD, LSD+, teacher.
+"""Samplers at equal NFE: Euler, Tweedie, trapezoidal, first-hitting, temperature-matched Euler,
+JYS grid, best fixed grid, tuned grid, LSD, LSD+, teacher.
 
 Every row is evaluated on held-out sampling seeds (mean +- std over seeds) with the
 teacher's metrics: on the exact Markov teacher (or a network trained on it, with its
@@ -9,7 +10,10 @@ own many-step samples. Grids and learned parameters are chosen on other seeds.
     python benchmarks/nfe_vs_quality.py --graph absorb --name exact-absorb
     python benchmarks/nfe_vs_quality.py --checkpoint checkpoints/chain-absorb --name net-chain-absorb
 
-Writes benchmarks/results/<name>.json, .md and .png.
+Writes benchmarks/results/<name>.json, .md and .png. On a text checkpoint, follow with
+``text_eval.py --results <name>`` for the evaluators' NLL per character with paired
+intervals against Euler and the anchor rows (``--genppl`` here is per-token gen-PPL only,
+which does not rank samplers on character-level text).
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from common import bench_teacher, provenance, write_results  # noqa: E402
 
 from lsd_jax import distill, grids, tune  # noqa: E402
 from lsd_jax._compat import enable_x64  # noqa: E402
-from lsd_jax.divergences import ngram_divergence  # noqa: E402
-from lsd_jax.evaluate import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
-from lsd_jax.teachers.markov import unigram_entropy  # noqa: E402
+from lsd_jax.divergences import make_divergence, ngram_divergence  # noqa: E402
+from lsd_jax.names import GRAPHS, NOISES  # noqa: E402
+from lsd_jax.samplers import SAMPLERS  # noqa: E402
+from lsd_jax.eval.sampling import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
+from lsd_jax.eval.text_metrics import unigram_entropy  # noqa: E402
 
 LSD_VARIANTS = {  # name -> (method, loss, reading)
     "lsd": ("lsd", "kl", "linear"),
@@ -44,9 +50,9 @@ LSD_VARIANTS = {  # name -> (method, loss, reading)
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, help="network teacher directory (else the exact markov teacher)")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb")
-    p.add_argument("--noise", choices=["loglinear", "geometric"], default=None)
-    p.add_argument("--sampler", choices=["euler", "tweedie"], default="euler", help="step of the learned samplers")
+    p.add_argument("--graph", choices=GRAPHS, default="absorb")
+    p.add_argument("--noise", choices=NOISES, default=None)
+    p.add_argument("--sampler", choices=SAMPLERS, default="euler", help="step of the learned samplers")
     p.add_argument("--nfe", type=int, nargs="+", default=[8, 16, 32])
     p.add_argument("--learn-nfe", type=int, nargs="*", default=None,
                    help="NFE values that get the best-fixed, tuned and LSD rows (default: all of --nfe)")
@@ -71,6 +77,8 @@ def parse(argv=None):
     p.add_argument("--genppl-samples", type=int, default=64, help="samples per seed scored by the evaluator")
     p.add_argument("--show-samples", type=int, default=3, help="decoded samples kept per row (first seed)")
     p.add_argument("--eps", type=float, default=1e-4)
+    p.add_argument("--no-solver-rows", dest="solver_rows", action="store_false",
+                   help="skip the trapezoidal, first-hitting, temperature-matched Euler and JYS-grid rows")
     p.add_argument("--name", required=True)
     args = p.parse_args(argv)
     if args.learn_nfe is None:
@@ -132,12 +140,12 @@ def main(argv=None) -> int:
     # the reference for choosing grids (tuning seed 1 = never a held-out or CRN-scored draw of a student)
     ref_nfe = args.ref_nfe or args.teacher_nfe
     ref = run_sampler(teacher, grids.uniform(ref_nfe, args.eps), seed=1, num_samples=args.samples)
-    ref_entropy = unigram_entropy(ref, teacher.graph.dim)
+    ref_entropy = unigram_entropy(ref, mode="pooled")
     names = args.tune_divergences.split(",") if args.tune_divergences != "auto" else \
         (["exact"] if teacher.exact else ["ngram"])
-    tune_divs = {n: tune.make_divergence(n, teacher, ref) for n in names if n}
+    tune_divs = {n: make_divergence(n, teacher, ref) for n in names if n}
     sel_name = "exact" if teacher.exact else "ngram"
-    select_div = tune_divs.get(sel_name) or tune.make_divergence(sel_name, teacher, ref)
+    select_div = tune_divs.get(sel_name) or make_divergence(sel_name, teacher, ref)
 
     rows = []
     main_keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else \
@@ -164,6 +172,8 @@ def main(argv=None) -> int:
         uni = grids.uniform(m, args.eps)
         add("euler", m, ev(uni, sampler="euler")[0])
         add("tweedie", m, ev(uni, sampler="tweedie")[0])
+        if args.solver_rows:
+            solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first=m == min(args.nfe))
         if m == min(args.nfe) and teacher.exact:
             with enable_x64():
                 add("euler (float64 draws)", m, ev(uni, sampler="euler", x64=True)[0])
@@ -222,6 +232,30 @@ def main(argv=None) -> int:
     print(md)
     print(f"wrote {jpath}, {mpath}")
     return 0
+
+
+def solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first: bool) -> None:
+    """Rows of the solvers issue at NFE m: trapezoidal (m / 2 steps of 2 calls), first-hitting
+    (absorbing graph, once: its NFE is L), Euler at one global temperature matched to the
+    teacher's unigram entropy (chosen on the tuning seeds), Euler on the JYS grid."""
+    from lsd_jax import baselines
+
+    if m % 2 == 0:
+        add("trapezoidal", m, ev(grids.uniform(m // 2, args.eps), sampler="trapezoidal")[0], {"steps": m // 2})
+    if first and teacher.graph.is_absorbing:
+        res = ev(grids.uniform(1, args.eps), sampler="fhs")[0]
+        add("first-hitting", teacher.length, res, {"steps": teacher.length})
+    uni = grids.uniform(m, args.eps)
+    target = teacher.chain.unigram_entropy() if teacher.exact else ref_entropy
+    t0 = time.perf_counter()
+    phi, hist = baselines.temperature_matched_euler(teacher, uni, target, seeds=crn, num_samples=args.samples)
+    add("euler, temperature-matched", m, ev(uni, sampler="euler", phi=np.full(m, phi), reading="temperature")[0],
+        {"temperature_phi": phi, "target_entropy": target, "seconds": time.perf_counter() - t0,
+         "search": hist})
+    t0 = time.perf_counter()
+    g = baselines.jys_grid(teacher.score_fn, teacher.graph, teacher.noise, ref[:256], m, args.eps)
+    add("euler, JYS grid", m, ev(g, sampler="euler")[0],
+        {"grid": np.asarray(g).tolist(), "seconds": time.perf_counter() - t0})
 
 
 def markdown(payload: dict, teacher) -> str:

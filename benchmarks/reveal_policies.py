@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import provenance, write_results  # noqa: E402
 from lsd_jax import grids, reveal, tune  # noqa: E402
-from lsd_jax.evaluate import HELD_OUT_SEED0, evaluate_sampler, gap_closed, run_sampler  # noqa: E402
+from lsd_jax.eval.sampling import HELD_OUT_SEED0, evaluate_sampler, gap_closed, run_sampler  # noqa: E402
 
 EPS = 1e-4
 

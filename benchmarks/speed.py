@@ -208,21 +208,22 @@ def build_models(shape: dict, up, dtype: str, tmp: str):
 
 def our_step_fn(ours):
     """One jitted Euler step of lsd_jax (the body of samplers._run): forward + kernel + draw."""
-    from lsd_jax import samplers
+    from lsd_jax import solvers
 
     graph, noise = ours.graph, ours.noise
+    euler = solvers.Euler()
 
     @jax.jit
     def step(fn, x, key, t, t_next):
         tb, tnb = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), t_next)
         ls = fn(x, noise.total(tb))
-        return samplers.draw(key, samplers.step_kernel(graph, noise, "euler", x, ls, tb, tnb))
+        return solvers.draw(key, euler.kernel(graph, noise, x, ls, tb, tnb))
 
     @jax.jit
     def before(fn, x, key, t, t_next):  # the step as lsd_jax ran it before: probabilities + flat Gumbel-max
         tb, tnb = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), t_next)
         ls = fn(x, noise.total(tb))
-        return samplers.categorical(key, samplers.step_probs(graph, noise, "euler", x, ls, tb, tnb))
+        return solvers.categorical(key, solvers.probs(euler.kernel(graph, noise, x, ls, tb, tnb)))
 
     fwd = jax.jit(lambda fn, x, t: fn(x, noise.total(jnp.full((x.shape[0],), t))))
     return step, fwd, before

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lsd_jax import distill, grids, samplers  # noqa: E402
+from lsd_jax import distill, grids, profiling, samplers  # noqa: E402
 from lsd_jax.teachers.checkpoint import load_teacher  # noqa: E402
 from ports import sedd  # noqa: E402
 
@@ -48,13 +48,13 @@ def measure_pieces(ckpt: str, k_steps: int) -> dict:
     cfg = distill.DistillConfig(method="lsd+", nfe=8, teacher_nfe=1024, samples=64, batch_size=16, epochs=20)
     length, s, n = teacher.length, cfg.samples, cfg.teacher_nfe
     # 1. teacher trajectory: the N-step teacher on S samples, compiled once for any step count
-    c0, t0 = distill.compile_clock(), time.perf_counter()
+    c0, t0 = profiling.compile_clock(), time.perf_counter()
     full = np.asarray(grids.uniform(n, cfg.eps))
     o = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, full[:2], jax.random.PRNGKey(0), s, length,
                         denoise=False, return_reveal=True)
     jax.block_until_ready(o.tokens)
     out["teacher_first_call_s"] = time.perf_counter() - t0
-    out["teacher_compile_s"] = distill.compile_clock() - c0
+    out["teacher_compile_s"] = profiling.compile_clock() - c0
     t0 = time.perf_counter()
     o = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, full[: k_steps + 1], jax.random.PRNGKey(0), s,
                         length, denoise=False, return_reveal=True)
@@ -84,7 +84,7 @@ def measure_pieces(ckpt: str, k_steps: int) -> dict:
     float(stats["loss"])
     out["minibatch_s"] = time.perf_counter() - t0
     log("minibatch", out["minibatch_s"])
-    out.update(distill.memory_report())
+    out.update(profiling.memory_report())
     out["teacher_cache_bytes_reveal"] = 2 * s * length * 4
     out["teacher_cache_bytes_dense_path"] = (n + 1) * s * length * 4
     return out

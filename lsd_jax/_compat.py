@@ -26,3 +26,11 @@ def enable_x64():
     else:
         with jax.enable_x64(True):
             yield
+
+
+def optax_update(tx, grads, opt_state, params, **extra):
+    """`tx.update(grads, opt_state, params)` under standard dtype promotion: optax's bias
+    corrections and schedules combine python floats with int32 step counts, which strict
+    promotion (the test suite's setting) rejects. Same numbers as a plain call."""
+    with jax.numpy_dtype_promotion("standard"):
+        return tx.update(grads, opt_state, params, **extra)

@@ -1,4 +1,9 @@
-"""`lsd-jax` command line: sample, distill, tune, convert."""
+"""`lsd-jax` command line: sample, distill, tune, convert, train-teacher.
+
+~590 lines: the parser and the command of each subcommand, which stay thin (the work is in
+the library); the allowed values come from `lsd_jax.names`, the flag checks from
+`lsd_jax.validate`.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,18 @@ import sys
 import time
 from typing import Callable, Optional
 
+from lsd_jax.names import (DIVERGENCES, DTYPES, GRAPHS, GRID_FAMILIES, LOSSES, METHODS, NOISES, READINGS, SELECT,
+                           SOLVERS, TEACHERS)
+
 DEFAULT_EPS = 1e-4  # terminal time of every sampler (the paper's; SEDD's own uses 1e-5)
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--teacher", choices=["markov"], default=None, help="exact synthetic teacher (default)")
+    src.add_argument("--teacher", choices=TEACHERS, default=None, help="exact synthetic teacher (default)")
     src.add_argument("--checkpoint", default=None, help="converted or HF-layout SEDD-family checkpoint directory")
-    p.add_argument("--graph", choices=["absorb", "uniform"], default="absorb", help="graph of the markov teacher")
-    p.add_argument("--noise", choices=["loglinear", "geometric"], default=None,
+    p.add_argument("--graph", choices=GRAPHS, default="absorb", help="graph of the markov teacher")
+    p.add_argument("--noise", choices=NOISES, default=None,
                    help="noise schedule of the markov teacher (default: loglinear for absorb, geometric for uniform)")
     p.add_argument("--teacher-vocab", type=int, default=16, help="markov teacher: tokens V")
     p.add_argument("--teacher-length", type=int, default=32, help="markov teacher: sequence length L")
@@ -26,9 +34,7 @@ def _add_teacher_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
-    from lsd_jax.solvers import SOLVERS
-
-    p.add_argument("--sampler", choices=list(SOLVERS), default="euler",
+    p.add_argument("--sampler", choices=SOLVERS, default="euler",
                    help="solver (lsd_jax.solvers): euler, tweedie (1 call/step), trapezoidal (2 calls/step), "
                         "fhs (first-hitting, absorbing graph: one call per token, L in all)")
     p.add_argument("--eps", type=float, default=None, help=f"terminal time t_M (default {DEFAULT_EPS})")
@@ -144,6 +150,7 @@ def _write_json(path: Optional[str], obj: dict) -> None:
 
 def cmd_sample(args) -> int:
     import jax
+    import numpy as np
 
     from lsd_jax import grids, samplers, sharding
 
@@ -180,6 +187,11 @@ def cmd_sample(args) -> int:
             if policy.name != "planned":
                 raise ValueError(f"--reveal-counts screened needs --reveal planned, got {policy.name}")
             counts = reveal.screened_counts(reveal.planned_order(teacher.length, policy.shape), args.nfe)
+    if grid is None and args.grid == "jys":
+        from lsd_jax import baselines
+
+        reference = baselines.optional_reference(teacher, eps=args.eps)
+        grid = baselines.jys_grid(teacher.score_fn, teacher.graph, teacher.noise, reference, steps, args.eps)
     if grid is None:
         grid = grids.get_grid(args.grid or "uniform", steps, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()
@@ -206,7 +218,8 @@ def cmd_sample(args) -> int:
         "sampler": args.sampler,
         "graph": teacher.graph.name,
         "noise": teacher.noise.name,
-        "grid": (args.grid or "uniform") if not args.sampler_params else "learned",
+        "grid": args.grid if not args.sampler_params else "learned",
+        "grid_values": [float(v) for v in np.asarray(grid)],
         "eps": params.eps if args.sampler_params else args.eps,
         "num_samples": args.num_samples,
         "seed": args.seed,
@@ -227,7 +240,7 @@ def cmd_sample(args) -> int:
     if params_info:
         result["sampler_params"] = params_info
     if args.gap:
-        from lsd_jax.evaluate import gap_closed, run_sampler
+        from lsd_jax.eval.sampling import gap_closed, run_sampler
 
         base = run_sampler(teacher, grids.uniform(args.nfe, args.eps), sampler="euler", seed=args.seed,
                            num_samples=args.num_samples, x64=args.x64)
@@ -283,7 +296,7 @@ def plot_sampler_params(path: str, params, title: str, baseline_grid=None) -> No
 
 def _compare(teacher, rows: dict, args) -> dict:
     """Held-out evaluation of named (grid, phi, reading[, reveal policy, remask]) samplers; prints a table."""
-    from lsd_jax.evaluate import HELD_OUT_SEED0, evaluate_sampler
+    from lsd_jax.eval.sampling import HELD_OUT_SEED0, evaluate_sampler
 
     seeds = [HELD_OUT_SEED0 + i for i in range(args.eval_seeds)]
     results = {}
@@ -411,7 +424,7 @@ def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="convert a SEDD / MDLM / RADD checkpoint (HF layout) to a Flax directory")
     p.add_argument("src", metavar="SRC", help="HF-layout checkpoint directory or Hugging Face repo id")
     p.add_argument("dst", metavar="DST", help="new (or empty) output directory")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.set_defaults(func=cmd_convert)
 
 
@@ -425,33 +438,42 @@ def cmd_tune(args) -> int:
 def _tune(args) -> int:
     from lsd_jax import grids, tune
     from lsd_jax import sampler_params as sp_lib
-    from lsd_jax.evaluate import run_sampler
-    from lsd_jax.teachers.markov import unigram_entropy
+    from lsd_jax.divergences import make_divergence
+    from lsd_jax.eval.sampling import run_sampler
+    from lsd_jax.eval.text_metrics import unigram_entropy
 
     out = args.out
     teacher = load_teacher(args)
     if args.divergence == "exact" and not teacher.exact or args.divergence == "mmd" and teacher.features is None:
-        tune.make_divergence(args.divergence, teacher, None)  # its error names what the divergence needs
+        make_divergence(args.divergence, teacher, None)  # its error names what the divergence needs
     # reference: the teacher's own many-step samples (the ngram target and the entropy guard)
     ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, args.eps), sampler=args.sampler, seed=1,
                       num_samples=args.samples, x64=args.x64)
-    ref_entropy = unigram_entropy(ref, teacher.graph.dim)
-    divergence = _finite(tune.make_divergence(args.divergence, teacher, ref), args.divergence)
+    ref_entropy = unigram_entropy(ref, mode="pooled")
+    divergence = _finite(make_divergence(args.divergence, teacher, ref), args.divergence)
+    crn = tuple(range(args.crn_seeds))
     policy, remask = reveal_from_args(args, teacher)
     if args.tune_reveal_param and (policy is None or policy.param is None):
         raise ValueError(f"--tune-reveal-param needs --reveal eb, confidence, margin or entropy, got {args.reveal}")
-    print(f"tuning {args.sampler} M={args.nfe} (reveal {args.reveal}) on {teacher.name} by {args.divergence}; entropy guard "
-          f"{ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; budget {args.budget} evaluations")
     t0 = time.perf_counter()
+    init_grid, start = None, "uniform"
+    if args.start == "best-fixed":  # as the benchmark does: the best of tune.FIXED_FAMILIES on the tuning seeds
+        init_grid, table = tune.best_fixed_grid(teacher, args.nfe, divergence, sampler=args.sampler, eps=args.eps,
+                                                crn_seeds=crn, num_samples=args.samples, x64=args.x64,
+                                                reveal=policy, remask=remask)
+        start = "best fixed grid " + min(table, key=lambda r: r["divergence"])["grid"]
+    print(f"tuning {args.sampler} M={args.nfe} (reveal {args.reveal}) on {teacher.name} by {args.divergence}; "
+          f"entropy guard {ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; start {start}; budget {args.budget} evaluations")
     params, history = tune.search(
         teacher, args.nfe, divergence, sampler=args.sampler, eps=args.eps, budget=args.budget,
-        tune_phi=args.tune_phi, crn_seeds=tuple(range(args.crn_seeds)), num_samples=args.samples, x64=args.x64,
+        tune_phi=args.tune_phi, crn_seeds=crn, num_samples=args.samples, x64=args.x64,
         seed=args.seed, entropy_ref=ref_entropy if args.entropy_band > 0 else None,
-        entropy_band=args.entropy_band, progress=not args.no_progress, reveal=policy, remask=remask,
-        tune_reveal_param=args.tune_reveal_param,
+        entropy_band=args.entropy_band, init_grid=init_grid, progress=not args.no_progress, reveal=policy,
+        remask=remask, tune_reveal_param=args.tune_reveal_param,
     )
     seconds = time.perf_counter() - t0
-    meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget}
+    meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget,
+            "start": start}
     if policy is not None:
         from lsd_jax import reveal
 
@@ -467,7 +489,7 @@ def _tune(args) -> int:
                             f"tuned ({args.divergence}) {args.sampler} M={args.nfe} on {teacher.name}")
     summary = history[-1]
     result = {"divergence": args.divergence, "best": summary["best_divergence"],
-              "uniform": summary["uniform_divergence"], "seconds": seconds,
+              "uniform": summary["uniform_divergence"], "start": start, "seconds": seconds,
               "grid": [float(v) for v in params.grid()], "phi": [float(v) for v in params.phi]}
     if policy is not None:
         result.update({k: meta[k] for k in ("reveal", "reveal_param", "counts")})
@@ -506,11 +528,15 @@ def _add_tune(sub) -> None:
     _add_teacher_args(p)
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, default=8, help="sampler steps M")
-    p.add_argument("--divergence", choices=["exact", "ngram", "mmd"], default="ngram",
+    p.add_argument("--divergence", choices=DIVERGENCES, default="ngram",
                    help="exact: bigram KL vs the true chain (markov teacher only); ngram (default): symmetric "
                         "unigram + bigram KL vs the teacher's many-step samples (any model); mmd: Gaussian-kernel "
                         "MMD on the teacher network's pooled final hidden states (network teachers)")
-    p.add_argument("--budget", type=int, default=150, help="CMA-ES evaluations")
+    p.add_argument("--budget", type=int, default=150,
+                   help="CMA-ES evaluations, the uniform grid's and the start's included")
+    p.add_argument("--start", choices=["uniform", "best-fixed"], default="uniform",
+                   help="search start: the uniform grid (default), or the best fixed grid of the simple families "
+                        "on the tuning seeds (9 more evaluations, outside --budget; the benchmark's start)")
     p.add_argument("--tune-phi", action="store_true", help="also tune phi (log-scale, bounded)")
     p.add_argument("--teacher-nfe", type=int, default=1024, help="steps of the reference teacher samples")
     p.add_argument("--samples", type=int, default=1024, help="samples per candidate and seed")
@@ -551,18 +577,18 @@ def _add_distill(sub) -> None:
     p = sub.add_parser("distill", help="LSD / LSD+: learn phi (and the grid) of an M-step student")
     _add_teacher_args(p)
     _add_sampler_args(p)
-    p.add_argument("--method", choices=["lsd", "lsd+"], default="lsd")
+    p.add_argument("--method", choices=METHODS, default="lsd")
     p.add_argument("--nfe", type=int, default=8, help="student steps M")
     p.add_argument("--teacher-nfe", type=int, default=1024, help="teacher steps N")
-    p.add_argument("--reading", choices=["linear", "temperature"], default="linear")
-    p.add_argument("--loss", choices=["kl", "l2", "token-kl"], default="kl")
+    p.add_argument("--reading", choices=READINGS, default="linear")
+    p.add_argument("--loss", choices=LOSSES, default="kl")
     p.add_argument("--zeta", type=float, default=0.05, help="relaxed start radius, fraction of L")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--samples", type=int, default=64, help="training trajectories")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--alternate", action="store_true", help="lsd+: alternate phi and grid updates by epoch")
-    p.add_argument("--select", choices=["auto", "exact", "ngram", "none"], default="auto",
+    p.add_argument("--select", choices=SELECT, default="auto",
                    help="return the best epoch on this sample-level divergence (auto: exact on the markov "
                         "teacher, else n-gram vs teacher samples; none: the last epoch)")
     p.add_argument("--val-samples", default="auto",
@@ -591,8 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.add_argument("--nfe", type=int, required=True, help="predictor steps M (the final denoise adds one call)")
     p.add_argument("--num-samples", type=int, default=1024)
-    p.add_argument("--grid", choices=["uniform", "power", "cosine", "loglinear"], default=None,
-                   help="fixed time grid (default uniform)")
+    p.add_argument("--grid", choices=list(GRID_FAMILIES) + ["jys"], default=None,
+                   help="time grid (default uniform); jys: Jump Your Steps (Park et al. 2025), computed with the model "
+                        "from 256 of its own 256-step samples (lsd_jax.baselines.jys_grid)")
     p.add_argument("--grid-p", type=float, default=2.0, help="exponent of the power grid")
     p.add_argument("--sampler-params", default=None, help="learned sampler parameters (from distill or tune)")
     p.add_argument("--show", type=int, default=3, help="decoded samples to print")

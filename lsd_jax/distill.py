@@ -60,6 +60,12 @@ How one loss evaluation works (every choice below is ours where the paper is sil
    that 1024 samples and a 1024-step reference cost; val_every 5 brings it to ~77k.
 NFE: the student has M predictor calls plus the final denoise (raw score, no phi), the
 same as every sampler it is compared with.
+
+The teacher is any `lsd_jax.teachers.ScoreModel` (score_fn, graph, noise, length); `fit`
+returns a `FitResult` (params, history[e] = epoch e, plan, timing). The optimiser is
+optax-native (`optimizer`: partition / conditionally_mask / projection_box).
+Length: ~690 lines, one method end to end (config, teacher cache, loss, epoch, selection,
+checkpoints, fit); the checkpoint helpers are to move to a run module shared with train.
 """
 
 from __future__ import annotations
@@ -80,15 +86,19 @@ import optax
 from lsd_jax import grids, samplers
 from lsd_jax import sampler_params as sp_lib
 from lsd_jax import solvers as solvers_lib
+from lsd_jax._compat import optax_update
+from lsd_jax.divergences import make_divergence
+from lsd_jax.eval.sampling import run_sampler
+from lsd_jax.graphs import is_token
+from lsd_jax.names import LOSSES, METHODS, SELECT
+from lsd_jax.profiling import Phase, memory_report
 from lsd_jax.sampler_params import SamplerParams
 from lsd_jax.samplers import READINGS, check_choice
+from lsd_jax.teachers.base import ScoreModel, check_model, is_exact, with_score_fn
 
 Array = jnp.ndarray
 
-METHODS = ("lsd", "lsd+")
 REMAT_BYTES = 64 * 2**20  # student_loss recomputes its steps in the backward pass above this [B, L, V] size
-LOSSES = ("kl", "token-kl", "l2")
-SELECT = ("auto", "exact", "ngram", "none")
 AUTO_VAL_SAMPLES = {"exact": 1024, "network": 256}  # val_samples "auto", by teacher.exact
 
 
@@ -154,7 +164,7 @@ class DistillConfig:
     def resolved_val_samples(self, teacher) -> int:
         """val_samples as an int: "auto" is 1024 on an exact teacher, 256 on a network teacher."""
         if self.val_samples == "auto":
-            return AUTO_VAL_SAMPLES["exact" if teacher.exact else "network"]
+            return AUTO_VAL_SAMPLES["exact" if is_exact(teacher) else "network"]
         return int(self.val_samples)
 
     def to_dict(self) -> dict:
@@ -180,8 +190,8 @@ def _selection_kind(teacher, cfg: DistillConfig) -> str:
     errors for a combination that cannot work."""
     kind = cfg.select
     if kind == "auto":
-        kind = "exact" if teacher.exact else "ngram"
-    if kind == "exact" and not teacher.exact:
+        kind = "exact" if is_exact(teacher) else "ngram"
+    if kind == "exact" and not is_exact(teacher):
         raise ValueError("select 'exact' needs an exact teacher (--teacher markov); use 'ngram'")
     if kind == "ngram" and min(cfg.val_reference_nfe, cfg.teacher_nfe) <= cfg.nfe:
         raise ValueError(f"val_reference_nfe ({cfg.val_reference_nfe}, capped at teacher_nfe {cfg.teacher_nfe}) "
@@ -235,7 +245,7 @@ def path_rows(path, rows: Array):
     return path[:, rows]
 
 
-def teacher_cache(teacher, cfg: DistillConfig, key: Array) -> TeacherCache:
+def teacher_cache(teacher, cfg: DistillConfig, key: Array, mesh="auto") -> TeacherCache:
     """Runs the N-step teacher for cfg.samples trajectories and keeps what the loss needs:
     every state, which on the absorbing graph is the final state plus one reveal step per
     position (O(S L) instead of O(N S L)); the uniform graph keeps the dense path."""
@@ -243,7 +253,7 @@ def teacher_cache(teacher, cfg: DistillConfig, key: Array) -> TeacherCache:
     out = samplers.sample(
         teacher.score_fn, teacher.graph, teacher.noise, grids.uniform(cfg.teacher_nfe, cfg.eps), key,
         cfg.samples, teacher.length, sampler=cfg.sampler, denoise=False, x64=cfg.x64,
-        return_path=not absorbing, return_reveal=absorbing,
+        return_path=not absorbing, return_reveal=absorbing, mesh=mesh,
     )
     if absorbing:
         x_start = teacher.graph.sample_limit(key, (cfg.samples, teacher.length))
@@ -283,7 +293,7 @@ def _xlogy_ratio(p: Array, q: Array) -> Array:
 
 def _renorm_moves(p: Array, x: Array) -> Array:
     """The kernel over moves only: the stay entry removed, renormalised (0 if no move mass)."""
-    off = jnp.where(jnp.arange(p.shape[-1]) == x[..., None], 0.0, p)
+    off = jnp.where(is_token(x, p.shape[-1]), 0.0, p)
     total = off.sum(-1, keepdims=True)
     safe = jnp.where(total > 0, total, 1.0)  # no 0/0 in the backward pass
     return jnp.where(total > 0, off / safe, 0.0)
@@ -297,7 +307,7 @@ def position_loss(kind: str, p_t: Array, p_s: Array, x_t: Array, x_s: Array, ls_
         return _xlogy_ratio(_renorm_moves(p_t, x_t), _renorm_moves(p_s, x_s)).sum(-1)
     if kind == "l2":
         d = p_t.shape[-1]
-        keep = (jnp.arange(d) != x_t[..., None]) & (jnp.arange(d) != x_s[..., None])
+        keep = ~is_token(x_t, d) & ~is_token(x_s, d)
         return jnp.where(keep, (jnp.exp(ls_s) - jnp.exp(ls_t)) ** 2, 0.0).sum(-1)
     check_choice("loss", kind, LOSSES)
 
@@ -367,27 +377,33 @@ class FitState(NamedTuple):
     key: Array
 
 
-def _optimizer(cfg: DistillConfig) -> optax.GradientTransformation:
-    # eps 1e-6 (optax: 1e-8): Adam would blow float32 round-off in an exactly-zero
-    # gradient up to lr-sized steps; real gradients here are >= 1e-4.
-    return optax.adam(cfg.lr, eps=1e-6)
+def _leaf_labels(params: SamplerParams) -> SamplerParams:
+    return params.replace(phi="phi", logits="logits")
 
 
-def _grad_mask(cfg: DistillConfig, epoch: Array) -> SamplerParams:
-    """Which leaves this epoch updates: phi (always for lsd), logits (lsd+), alternating."""
+def optimizer(cfg: DistillConfig) -> optax.GradientTransformation:
+    """Adam on the leaves this method trains (optax.partition): lsd trains phi and freezes
+    the grid logits (set_to_zero); lsd+ trains both; lsd+ with `alternate` trains phi on
+    even epochs and the logits on odd ones (optax.transforms.conditionally_mask on the
+    update count: a frozen leaf's Adam state, moments and count, is left as it is).
+    eps 1e-6 (optax: 1e-8): Adam would blow float32 round-off in an exactly-zero gradient
+    up to lr-sized steps; real gradients here are >= 1e-4."""
+    adam = optax.adam(cfg.lr, eps=1e-6)
     if cfg.method == "lsd":
-        return 1.0, 0.0
-    if cfg.alternate:
-        even = (epoch % 2 == 0).astype(jnp.float32)
-        return even, 1.0 - even
-    return 1.0, 1.0
+        return optax.partition({"phi": adam, "logits": optax.set_to_zero()}, _leaf_labels)
+    if not cfg.alternate:
+        return adam
+    n_batches = cfg.samples // cfg.batch_size  # updates per epoch: the epoch is count // n_batches
+    on_parity = lambda parity: lambda count: (count // n_batches) % 2 == parity  # noqa: E731
+    return optax.partition({"phi": optax.transforms.conditionally_mask(adam, on_parity(0)),
+                            "logits": optax.transforms.conditionally_mask(adam, on_parity(1))}, _leaf_labels)
 
 
-def _project(params: SamplerParams, cfg: DistillConfig) -> SamplerParams:
-    return params.replace(
-        phi=jnp.clip(params.phi, cfg.phi_min, cfg.phi_max),
-        logits=jnp.clip(params.logits, -cfg.logit_bound, cfg.logit_bound),
-    )
+def project(params: SamplerParams, cfg: DistillConfig) -> SamplerParams:
+    """params on the box phi in [phi_min, phi_max], logits in [-logit_bound, logit_bound]."""
+    lower = params.replace(phi=cfg.phi_min, logits=-cfg.logit_bound)
+    upper = params.replace(phi=cfg.phi_max, logits=cfg.logit_bound)
+    return optax.projections.projection_box(params, lower, upper)
 
 
 def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto") -> Callable[[FitState], tuple[FitState, dict]]:
@@ -399,7 +415,7 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
     """
     from lsd_jax import sharding as sharding_lib
 
-    opt = _optimizer(cfg)
+    opt = optimizer(cfg)
     n_batches = cfg.samples // cfg.batch_size
     score_arg = samplers.as_pytree_fn(teacher.score_fn)  # network params: an argument, not constants
     if mesh == "auto":
@@ -410,12 +426,11 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
 
     @jax.jit
     def epoch_fn_(state: FitState, score_fn, cache: TeacherCache) -> tuple[FitState, dict]:
-        loss_fn = functools.partial(student_loss, teacher=dataclasses.replace(teacher, score_fn=score_fn), cfg=cfg)
+        loss_fn = functools.partial(student_loss, teacher=with_score_fn(teacher, score_fn), cfg=cfg)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         k_epoch = jax.random.fold_in(state.key, state.epoch)
         k_perm, k_start, k_loss = jax.random.split(k_epoch, 3)
         perm = jax.random.permutation(k_perm, cfg.samples)[: n_batches * cfg.batch_size].reshape(n_batches, -1)
-        w_phi, w_logits = _grad_mask(cfg, state.epoch)
 
         def batch_step(carry, inputs):
             params, opt_state = carry
@@ -426,12 +441,9 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
             path = path_rows(cache.path, rows)
             path = pin(path) if isinstance(path, RevealPath) else pin(path, 1)
             (loss, aux), g = grad_fn(params, path, pin(x0), jax.random.fold_in(k_loss, b))
-            g = g.replace(phi=g.phi * w_phi, logits=g.logits * w_logits)
-            updates, opt_state = opt.update(g, opt_state, params)
-            # mask the updates too: Adam's momentum would move a frozen leaf
-            updates = updates.replace(phi=updates.phi * w_phi, logits=updates.logits * w_logits)
-            params = _project(optax.apply_updates(params, updates), cfg)
-            gnorm = optax.tree.norm(g)
+            updates, opt_state = optax_update(opt, g, opt_state, params)  # frozen leaves: zero updates (`optimizer`)
+            params = project(optax.apply_updates(params, updates), cfg)
+            gnorm = optax.tree.norm(g)  # of the whole gradient, frozen leaves included
             return (params, opt_state), (loss, gnorm, aux["student_moved"])
 
         (params, opt_state), (losses, gnorms, moved) = jax.lax.scan(
@@ -454,10 +466,10 @@ def make_epoch_fn(teacher, cfg: DistillConfig, cache: TeacherCache, mesh="auto")
 
 def init_state(cfg: DistillConfig, key: Array, grid=None) -> FitState:
     params = sp_lib.init(cfg.nfe, cfg.eps, cfg.sampler, cfg.reading, grid=grid)
-    return FitState(params, _optimizer(cfg).init(params), jnp.asarray(0, jnp.int32), key)
+    return FitState(params, optimizer(cfg).init(params), jnp.asarray(0, jnp.int32), key)
 
 
-def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[SamplerParams], float]], str]:
+def make_validator(teacher, cfg: DistillConfig, mesh="auto") -> tuple[Optional[Callable[[SamplerParams], float]], str]:
     """Sample-level divergence of a student (lower is better) and its name, or None.
 
     The validator draws cfg.resolved_val_samples(teacher) student samples (seed val_seed);
@@ -465,9 +477,6 @@ def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[Samp
     min(val_reference_nfe, teacher_nfe) steps (attributes: num_samples, reference_nfe,
     reference).
     """
-    from lsd_jax.evaluate import run_sampler
-    from lsd_jax.tune import make_divergence
-
     kind = _selection_kind(teacher, cfg)
     if kind == "none":
         return None, kind
@@ -476,12 +485,12 @@ def make_validator(teacher, cfg: DistillConfig) -> tuple[Optional[Callable[[Samp
     if kind == "ngram":
         ref_nfe = min(cfg.val_reference_nfe, cfg.teacher_nfe)
         ref = run_sampler(teacher, grids.uniform(ref_nfe, cfg.eps), sampler=cfg.sampler,
-                          seed=cfg.val_seed + 1, num_samples=num_samples, x64=cfg.x64)
+                          seed=cfg.val_seed + 1, num_samples=num_samples, x64=cfg.x64, mesh=mesh)
     div = make_divergence(kind, teacher, ref)
 
     def validate(params: SamplerParams) -> float:
         tok = run_sampler(teacher, params.grid(), sampler=cfg.sampler, phi=params.phi, reading=cfg.reading,
-                          seed=cfg.val_seed, num_samples=num_samples, x64=cfg.x64)
+                          seed=cfg.val_seed, num_samples=num_samples, x64=cfg.x64, mesh=mesh)
         return float(div(tok))
 
     validate.num_samples, validate.reference_nfe, validate.reference = num_samples, ref_nfe, ref
@@ -539,78 +548,31 @@ def restore_checkpoint(path: str, like: FitState) -> tuple[FitState, list, Sampl
     return FitState(params, tree["opt_state"], tree["epoch"], tree["key"]), history, best
 
 
-# --- timing -----------------------------------------------------------------------------
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-_compile_total = [0.0, False]
+# --- fit ------------------------------------------------------------------------------
+class FitResult(NamedTuple):
+    """What `fit` returns. history[e] is epoch e's record (e = 0: the starting sampler,
+    validated unless select is "none"); plan is `validation_plan`; timing the wall-clock
+    (and compile) split per phase. Unpacks as (params, history)."""
+
+    params: SamplerParams
+    history: list
+    plan: dict
+    timing: dict
+
+    def __iter__(self):  # `params, history = fit(...)`
+        return iter((self.params, self.history))
 
 
-def compile_clock() -> float:
-    """Seconds this process has spent so far tracing, lowering and compiling with JAX
-    (from jax.monitoring events; the listener is registered on the first call)."""
-    if not _compile_total[1]:
-        def listen(event, duration, **_):
-            if event in _COMPILE_EVENTS:
-                _compile_total[0] += duration
-
-        jax.monitoring.register_event_duration_secs_listener(listen)
-        _compile_total[1] = True
-    return _compile_total[0]
-
-
-def memory_report() -> dict:
-    """Peak resident memory of this process (MiB; Linux VmHWM, which unlike ru_maxrss is
-    not inherited from a parent across fork + exec) and, where the backend reports it, the
-    peak device memory in use (MiB, device 0)."""
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
-        out["peak_rss_mib"] = round(int(hwm[0]) / 1024, 1)
-    except (OSError, IndexError, ValueError):
-        try:
-            import resource
-            import sys
-
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            out["peak_rss_mib"] = round(rss / (2**20 if sys.platform == "darwin" else 2**10), 1)
-        except (ImportError, OSError):
-            pass
-    try:
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            out["peak_device_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
-    except Exception:  # noqa: BLE001 - not every backend has memory stats
-        pass
-    return out
-
-
-class _Phase:
-    """Accumulates wall-clock and JAX compile seconds of a phase over several entries."""
-
-    def __init__(self):
-        self.wall = self.compile = 0.0
-        self.count = 0
-
-    def __enter__(self):
-        self._t, self._c = time.perf_counter(), compile_clock()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall += time.perf_counter() - self._t
-        self.compile += compile_clock() - self._c
-        self.count += 1
-
-    def report(self) -> dict:
-        return {"wall_s": round(self.wall, 3), "compile_s": round(self.compile, 3),
-                "run_s": round(self.wall - self.compile, 3), "calls": self.count}
+def _record(epoch: int, params: SamplerParams, **fields) -> dict:
+    return {"epoch": epoch, **fields, "phi": np.asarray(params.phi).tolist(),
+            "grid": np.asarray(params.grid(), np.float64).tolist()}
 
 
 # --- fit --------------------------------------------------------------------------------
-def fit(teacher, cfg: DistillConfig, key: Optional[Array] = None, *, out_dir: Optional[str] = None,
-        resume: bool = False, **kwargs) -> tuple[SamplerParams, list]:
-    """`_fit` (below: what it computes) guarded before any work: the teacher's score is probed
-    (shape, finiteness); with out_dir the directory is locked for this run
+def fit(teacher: ScoreModel, cfg: DistillConfig, key: Optional[Array] = None, *, out_dir: Optional[str] = None,
+        resume: bool = False, **kwargs) -> "FitResult":
+    """`_fit` (below: what it computes) guarded before any work: the teacher's score is checked
+    (`check_model`: shape, before any compile) and probed (finiteness); with out_dir the directory is locked for this run
     (`lsd_jax.runs.RunLock`), a resume must match the configuration saved there (every
     differing field is named; only `epochs` may change) and an interrupted save's leftovers
     are removed, so the run continues from the last complete epoch."""
@@ -618,21 +580,30 @@ def fit(teacher, cfg: DistillConfig, key: Optional[Array] = None, *, out_dir: Op
     from lsd_jax import sharding as sharding_lib
 
     cfg.validate()
+    check_model(teacher)  # a wrong score function fails here, named, before any compile
     validation_plan(teacher, cfg)
     validate.probe_score(teacher)
     if not out_dir:
         return _fit(teacher, cfg, key, out_dir=out_dir, resume=resume, **kwargs)
     primary = sharding_lib.is_primary()
     with runs.RunLock(out_dir, enabled=primary):
-        runs.check_config(out_dir, {"config": cfg.to_dict(), "teacher": teacher.describe()}, resume=resume,
+        runs.check_config(out_dir, {"config": cfg.to_dict(), "teacher": _describe(teacher)}, resume=resume,
                           may_change=("config.epochs",), write=primary)
         if resume and primary:
             _checkpoints(out_dir).clean()
         return _fit(teacher, cfg, key, out_dir=out_dir, resume=resume, **kwargs)
 
 
+def _describe(model: ScoreModel) -> dict:
+    """model.describe() where the model has one, else its graph, noise and length."""
+    if hasattr(model, "describe"):
+        return model.describe()
+    return {"name": getattr(model, "name", type(model).__name__), "graph": model.graph.name,
+            "noise": model.noise.to_dict(), "length": int(model.length)}
+
+
 def _fit(
-    teacher,
+    teacher: ScoreModel,
     cfg: DistillConfig,
     key: Optional[Array] = None,
     *,
@@ -640,47 +611,47 @@ def _fit(
     resume: bool = False,
     progress: bool = True,
     stop_after: Optional[int] = None,
-) -> tuple[SamplerParams, list]:
-    """Distils an M-step student from the N-step teacher; returns (params, history).
+    mesh="auto",
+) -> FitResult:
+    """Distils an M-step student from the N-step teacher (any `ScoreModel`: score_fn, graph,
+    noise, length); returns a `FitResult` (params, history, plan, timing).
 
     The params returned are the best validated epoch on the validation divergence
     (cfg.select; 'none': the last epoch). Validated: epoch 0, every cfg.val_every-th epoch
     and the last (`validated_epochs`); the others have val_divergence None. history[e]
-    holds epoch e's loss, phi, grid, divergence; history[0]["validation"] the plan
-    (`validation_plan`: kind, samples, reference steps, epochs, forward passes).
+    holds epoch e's loss (None at epoch 0), phi, grid, divergence; history[0] also the plan
+    ("validation") and "timing".
 
     With out_dir, an orbax checkpoint is written every epoch and `resume=True` continues
     from the newest one (same seed -> the same result as an uninterrupted run).
-    `stop_after` ends the run after that many epochs of this call (for tests).
+    `stop_after` ends the run after that many epochs of this call (for tests). mesh: "auto"
+    (every device when there are several), None (one device) or a Mesh (`make_epoch_fn`).
     """
-    cfg.validate()
-    plan = validation_plan(teacher, cfg)  # a select / teacher mismatch fails here, before the teacher runs
+    plan = validation_plan(teacher, cfg)
     if key is None:
         key = jax.random.PRNGKey(cfg.seed)
     k_teacher, k_fit = jax.random.split(key)
-    ph = {name: _Phase() for name in ("teacher", "validation", "epochs", "checkpoints")}
+    ph = {name: Phase() for name in ("teacher", "validation", "epochs", "checkpoints")}
     t_all = time.perf_counter()
     with ph["teacher"]:
-        cache = teacher_cache(teacher, cfg, k_teacher)
+        cache = teacher_cache(teacher, cfg, k_teacher, mesh=mesh)
         jax.block_until_ready(cache.path)
-    t_teacher = ph["teacher"].wall
     state = init_state(cfg, k_fit)
     with ph["validation"]:  # the n-gram validator's reference samples are drawn here
-        validator, val_kind = make_validator(teacher, cfg)
+        validator, val_kind = make_validator(teacher, cfg, mesh=mesh)
     due = set(plan["epochs"])  # epochs validated (the last always is: the schedule ignores stop_after)
-    history: list = []
     best, best_val = state.params, None
     if resume and out_dir and latest_checkpoint(out_dir):
         state, history, best = restore_checkpoint(latest_checkpoint(out_dir), state)
         vals = [h["val_divergence"] for h in history if h.get("val_divergence") is not None]
         best_val = min(vals) if vals else None  # the checkpoint's best params are the first epoch with it
-    elif validator is not None:
-        with ph["validation"]:
-            best_val = validator(state.params)
-        history.append({"epoch": 0, "loss": None, "val_divergence": best_val, "val_kind": val_kind,
-                        "phi": np.asarray(state.params.phi).tolist(),
-                        "grid": np.asarray(state.params.grid(), np.float64).tolist()})
-    epoch_fn = make_epoch_fn(teacher, cfg, cache)
+    else:
+        if validator is not None:
+            with ph["validation"]:
+                best_val = validator(state.params)
+        history = [_record(0, state.params, loss=None, val_divergence=best_val,
+                           **({"val_kind": val_kind} if validator is not None else {}))]
+    epoch_fn = make_epoch_fn(teacher, cfg, cache, mesh=mesh)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -700,15 +671,8 @@ def _fit(
                 f"non-finite {' and '.join(bad)} at epoch {int(state.epoch)} (loss={loss}, phi={phi}); the teacher's "
                 "score was finite when probed before the run, so the updates diverged: lower --lr or use --x64"
             )
-        rec = {
-            "epoch": int(state.epoch),
-            "loss": loss,
-            "grad_norm": float(stats["grad_norm"]),
-            "phi": phi.tolist(),
-            "grid": np.asarray(state.params.grid(), np.float64).tolist(),
-            "student_moved": np.asarray(stats["student_moved"]).tolist(),
-            "seconds": time.perf_counter() - te,
-        }
+        rec = _record(int(state.epoch), state.params, loss=loss, grad_norm=float(stats["grad_norm"]),
+                      student_moved=np.asarray(stats["student_moved"]).tolist(), seconds=time.perf_counter() - te)
         validated = validator is not None and rec["epoch"] in due
         if validated:
             with ph["validation"]:
@@ -733,11 +697,10 @@ def _fit(
             bar.update(1)
     if bar is not None:
         bar.close()
-    if history:
-        history[0]["teacher_seconds"] = t_teacher
-        history[0]["validation"] = plan
-        # wall-clock split (compile = JAX tracing + lowering + XLA compile inside the phase)
-        history[0]["timing"] = {**{k: p.report() for k, p in ph.items()},
-                                "total_s": round(time.perf_counter() - t_all, 3),
-                                "devices": jax.device_count(), **memory_report()}
-    return best, history
+    # wall-clock split (compile = JAX tracing + lowering + XLA compile inside the phase)
+    timing = {**{k: p.report() for k, p in ph.items()}, "total_s": round(time.perf_counter() - t_all, 3),
+              "devices": jax.device_count(), **memory_report()}
+    history[0]["teacher_seconds"] = ph["teacher"].wall
+    history[0]["validation"] = plan
+    history[0]["timing"] = timing
+    return FitResult(best, history, plan, timing)

@@ -1,20 +1,30 @@
-"""Two-sample divergences between a sampler's samples and reference samples.
+"""Divergences of a sampler's samples: the two-sample ones against reference samples
+(n-gram, MMD), the exact one against the Markov chain, and `make_divergence`, the one
+factory that tuning, distillation's model selection and the benchmarks use.
 
-Each is proper (zero iff the statistics match) and penalises both lost diversity and
+Each two-sample divergence is proper (zero iff the statistics match) and penalises both lost diversity and
 added noise, because it is symmetric: KL(P || Q) grows when the student drops what the
 reference has, KL(Q || P) when it invents what the reference lacks.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 
-
-def _counts_unigram(x: np.ndarray, v: int) -> np.ndarray:
-    return np.bincount(x.ravel(), minlength=v).astype(np.float64)
+from lsd_jax.names import DIVERGENCES  # noqa: F401 - re-exported
 
 
-def _counts_bigram(x: np.ndarray, v: int) -> np.ndarray:
+def unigram_counts(x: np.ndarray, v: int) -> np.ndarray:
+    """Token counts [v] (float64) of integer samples [B, L] with ids < v."""
+    return np.bincount(np.asarray(x).ravel(), minlength=v).astype(np.float64)
+
+
+def bigram_counts(x: np.ndarray, v: int) -> np.ndarray:
+    """Counts [v * v] (float64) of adjacent pairs (x_i, x_{i+1}) at index x_i v + x_{i+1},
+    pooled over rows and positions of samples [B, L] with ids < v."""
+    x = np.asarray(x)
     return np.bincount((x[:, :-1] * v + x[:, 1:]).ravel(), minlength=v * v).astype(np.float64)
 
 
@@ -37,8 +47,8 @@ def ngram_divergence(samples, reference, vocab: int, alpha: float = 0.5) -> floa
             raise ValueError(f"{name} must be a non-empty [B, L] array, got shape {a.shape}")
         if a.min() < 0 or a.max() >= vocab:
             raise ValueError(f"{name} hold ids outside [0, {vocab}) (leftover masks?)")
-    uni = _sym_kl(_counts_unigram(x, vocab), _counts_unigram(r, vocab), alpha)
-    bi = _sym_kl(_counts_bigram(x, vocab), _counts_bigram(r, vocab), alpha)
+    uni = _sym_kl(unigram_counts(x, vocab), unigram_counts(r, vocab), alpha)
+    bi = _sym_kl(bigram_counts(x, vocab), bigram_counts(r, vocab), alpha)
     return uni + bi
 
 
@@ -56,10 +66,56 @@ def mmd(features_x: np.ndarray, features_y: np.ndarray, bandwidth: float | None 
     sq = (z * z).sum(1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
     if bandwidth is None:
-        off = d2[np.triu_indices(len(z), 1)]
-        bandwidth = float(np.sqrt(np.median(off))) if np.any(off > 0) else 1.0
+        bandwidth = median_bandwidth(z)
     k = np.exp(-d2 / (2.0 * bandwidth**2))
     n, m = len(x), len(y)
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
     return float((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
                  - 2.0 * kxy.mean())
+
+
+def exact_divergence(model) -> Callable[[np.ndarray], float]:
+    """Bigram KL of samples against the exact chain (models with `exact` metrics only)."""
+    from lsd_jax.teachers.base import is_exact
+
+    if not is_exact(model):
+        raise ValueError("divergence 'exact' needs an exact teacher (--teacher markov); use 'ngram'")
+    return lambda tokens: model.metrics(tokens)["bigram_kl"]
+
+
+def median_bandwidth(features: np.ndarray) -> float:
+    """The median pairwise distance of features [n, F] (1.0 when all coincide)."""
+    f = np.asarray(features, np.float64)
+    sq = (f * f).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0.0)
+    off = d2[np.triu_indices(len(f), 1)]
+    return float(np.sqrt(np.median(off))) if np.any(off > 0) else 1.0
+
+
+def mmd_divergence(model, reference) -> Callable[[np.ndarray], float]:
+    """MMD between the model network's pooled final hidden states of samples and of the
+    reference samples (network teachers only; the bandwidth is fixed on the reference)."""
+    from lsd_jax.teachers.base import model_features
+
+    features = model_features(model)
+    if features is None:
+        raise ValueError("divergence 'mmd' needs a network teacher (--checkpoint DIR): it compares the "
+                         "teacher network's final hidden states; use 'exact' or 'ngram' here")
+    ref_feats = features(reference)
+    bandwidth = median_bandwidth(ref_feats)
+    return lambda tokens: mmd(features(tokens), ref_feats, bandwidth=bandwidth)
+
+
+def make_divergence(name: str, model, reference: Optional[np.ndarray] = None) -> Callable[[np.ndarray], float]:
+    """The divergence `name` (exact | ngram | mmd) of samples [B, L] (lower is better); ngram
+    and mmd compare with `reference` [B', L], the model's own many-step samples."""
+    if name not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {name!r}")
+    if name == "exact":
+        return exact_divergence(model)
+    if reference is None:
+        raise ValueError(f"divergence {name!r} needs reference samples (the teacher's many-step samples)")
+    if name == "mmd":
+        return mmd_divergence(model, reference)
+    ref = np.asarray(reference)
+    return lambda tokens: ngram_divergence(tokens, ref, model.graph.num_tokens)

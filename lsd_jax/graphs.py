@@ -7,7 +7,7 @@ Conventions (as SEDD): for a token x [...], `rate(x)` is the row Q[x, :], `trans
 the column Q[:, x], `transition(x, s)` the row of exp(s Q) and `transp_transition(x, s)`
 its column, each of shape [..., dim]. Scores are concrete scores s[y] ~ p(x^i=y)/p(x);
 functions taking `score` want it in linear space, `log_score` in log space.
-No one-hot tensors are materialised: `_is(x, dim)` is a broadcast comparison XLA fuses.
+No one-hot tensors are materialised: `is_token(x, dim)` is a broadcast comparison XLA fuses.
 """
 
 from __future__ import annotations
@@ -18,15 +18,23 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
+from lsd_jax.names import GRAPHS
+
 Array = jnp.ndarray
 
 
-def _is(x: Array, dim: int) -> Array:
+def is_token(x: Array, dim: int) -> Array:
     """Boolean [..., dim]: entry y is (y == x)."""
-    return jnp.arange(dim, dtype=x.dtype) == x[..., None]
+    return x[..., None] == jnp.arange(dim, dtype=x.dtype).reshape((1,) * x.ndim + (dim,))
 
 
-def _expm1_stable(sigma: Array) -> Array:
+def id_row(dim: int, idx: int, ndim: int) -> Array:
+    """Boolean [1] * (ndim - 1) + [dim]: entry y is (y == idx), rank-matched to [..., dim]
+    arrays of rank ndim (no implicit rank promotion)."""
+    return (jnp.arange(dim) == idx).reshape((1,) * (ndim - 1) + (dim,))
+
+
+def expm1_stable(sigma: Array) -> Array:
     """exp(sigma) - 1, accurate for small and large sigma."""
     return jnp.where(sigma < 0.5, jnp.expm1(sigma), jnp.exp(sigma) - 1.0)
 
@@ -55,12 +63,12 @@ class Absorbing:
         return True
 
     def rate(self, x: Array) -> Array:
-        to_mask = jnp.where(jnp.arange(self.dim) == self.mask_id, 1.0, 0.0)
-        return to_mask - jnp.where(_is(x, self.dim), 1.0, 0.0)
+        to_mask = jnp.where(id_row(self.dim, self.mask_id, x.ndim + 1), 1.0, 0.0)
+        return to_mask - jnp.where(is_token(x, self.dim), 1.0, 0.0)
 
     def transp_rate(self, x: Array) -> Array:
         """Q[:, x]: at a masked token all ones but the mask entry; else -1 at x."""
-        is_x = _is(x, self.dim)
+        is_x = is_token(x, self.dim)
         masked = (x == self.mask_id)[..., None]
         return jnp.where(masked, jnp.where(is_x, 0.0, 1.0), jnp.where(is_x, -1.0, 0.0))
 
@@ -69,30 +77,30 @@ class Absorbing:
         sigma = jnp.asarray(sigma)[..., None]
         stay = jnp.exp(-sigma)
         clean = (x != self.mask_id)[..., None]
-        out = jnp.where(_is(x, self.dim), jnp.where(clean, stay, 1.0), 0.0)
-        to_mask = jnp.arange(self.dim) == self.mask_id
+        out = jnp.where(is_token(x, self.dim), jnp.where(clean, stay, 1.0), 0.0)
+        to_mask = id_row(self.dim, self.mask_id, out.ndim)
         return out + jnp.where(to_mask & clean, 1.0 - stay, 0.0)
 
     def transp_transition(self, x: Array, sigma: Array) -> Array:
         """Column x of exp(sigma Q)."""
         sigma = jnp.asarray(sigma)[..., None]
         stay = jnp.exp(-sigma)
-        out = jnp.where(_is(x, self.dim), stay, 0.0)
+        out = jnp.where(is_token(x, self.dim), stay, 0.0)
         return out + jnp.where((x == self.mask_id)[..., None], 1.0 - stay, 0.0)
 
     def staggered_score(self, score: Array, dsigma: Array) -> Array:
         """exp(-dsigma Q)^T score (SEDD staggered score, Tweedie tau-leaping); dsigma [...] broadcasts to score[..., 0]."""
         dsigma = jnp.asarray(dsigma)[..., None]
         extra = (1.0 - jnp.exp(dsigma)) * score.sum(-1, keepdims=True)
-        is_mask = jnp.arange(self.dim) == self.mask_id
+        is_mask = id_row(self.dim, self.mask_id, score.ndim)
         return score * jnp.exp(dsigma) + jnp.where(is_mask, extra, 0.0)
 
     def reverse_rate(self, x: Array, score: Array) -> Array:
         """Reverse rate R[y] = Q[y, x] s[y] for y != x, R[x] = -sum (SEDD reverse_rate)."""
         off = jnp.where(
-            (x == self.mask_id)[..., None] & (jnp.arange(self.dim) != self.mask_id), score, 0.0
+            (x == self.mask_id)[..., None] & ~id_row(self.dim, self.mask_id, x.ndim + 1), score, 0.0
         )
-        return jnp.where(_is(x, self.dim), -off.sum(-1, keepdims=True), off)
+        return jnp.where(is_token(x, self.dim), -off.sum(-1, keepdims=True), off)
 
     def sample_limit(self, key: Array, shape: tuple) -> Array:
         del key
@@ -106,7 +114,7 @@ class Absorbing:
     def score_entropy(self, log_score: Array, sigma: Array, x: Array, x0: Array) -> Array:
         """Denoising score entropy [B, L] (SEDD Absorbing.score_entropy); sigma [B]."""
         masked = x == self.mask_id
-        ratio = 1.0 / _expm1_stable(sigma)[:, None] * jnp.ones_like(log_score[..., 0])
+        ratio = 1.0 / expm1_stable(sigma)[:, None] * jnp.ones_like(log_score[..., 0])
         neg = ratio * jnp.take_along_axis(log_score, x0[..., None], -1)[..., 0]
         pos = jnp.exp(log_score[..., :-1]).sum(-1)
         const = ratio * (jnp.log(ratio) - 1.0)
@@ -138,7 +146,7 @@ class Uniform:
 
     def rate(self, x: Array) -> Array:
         d = self.dim
-        return jnp.where(_is(x, d), -(d - 1) / d, 1.0 / d)
+        return jnp.where(is_token(x, d), -(d - 1) / d, 1.0 / d)
 
     def transp_rate(self, x: Array) -> Array:
         return self.rate(x)
@@ -146,7 +154,7 @@ class Uniform:
     def transition(self, x: Array, sigma: Array) -> Array:
         d = self.dim
         move = -jnp.expm1(-jnp.asarray(sigma))[..., None] / d
-        return jnp.where(_is(x, d), 1.0 - (d - 1) * move, move)
+        return jnp.where(is_token(x, d), 1.0 - (d - 1) * move, move)
 
     def transp_transition(self, x: Array, sigma: Array) -> Array:
         return self.transition(x, sigma)
@@ -157,8 +165,8 @@ class Uniform:
         return (epow - 1.0) / (d * epow) * score.sum(-1, keepdims=True) + score / epow
 
     def reverse_rate(self, x: Array, score: Array) -> Array:
-        off = jnp.where(_is(x, self.dim), 0.0, score / self.dim)
-        return jnp.where(_is(x, self.dim), -off.sum(-1, keepdims=True), off)
+        off = jnp.where(is_token(x, self.dim), 0.0, score / self.dim)
+        return jnp.where(is_token(x, self.dim), -off.sum(-1, keepdims=True), off)
 
     def sample_limit(self, key: Array, shape: tuple) -> Array:
         return jax.random.randint(key, shape, 0, self.dim, dtype=jnp.int32)
@@ -171,7 +179,7 @@ class Uniform:
     def score_entropy(self, log_score: Array, sigma: Array, x: Array, x0: Array) -> Array:
         """Denoising score entropy [B, L] (SEDD Uniform.score_entropy); sigma [B]."""
         d = self.dim
-        esigm1 = _expm1_stable(sigma)[:, None]
+        esigm1 = expm1_stable(sigma)[:, None]
         ratio = 1.0 - d / (esigm1 + d)
         at = lambda a, i: jnp.take_along_axis(a, i[..., None], -1)[..., 0]
         neg = log_score.mean(-1) - at(log_score, x) / d
@@ -187,7 +195,6 @@ class Uniform:
 
 
 Graph = Union[Absorbing, Uniform]
-GRAPHS = ("absorb", "uniform")
 
 
 def get_graph(name: str, num_tokens: int) -> Graph:

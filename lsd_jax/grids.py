@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jnp.ndarray
+from lsd_jax.names import GRID_FAMILIES
 
-GRID_FAMILIES = ("uniform", "power", "cosine", "loglinear")
+Array = jnp.ndarray
 
 
 def _check_m(m: int) -> None:
@@ -39,13 +39,13 @@ def power(m: int, eps: float, p: float) -> Array:
     _check_m(m)
     if p <= 0:
         raise ValueError(f"power grid needs p > 0, got p={p}")
-    return from_fractions((jnp.arange(m + 1) / m) ** p, eps)
+    return from_fractions((jnp.arange(m + 1, dtype=float) / m) ** p, eps)
 
 
 def cosine(m: int, eps: float) -> Array:
     """t_k = eps + (1 - eps) cos(pi k / (2 M)): small steps near t = 1."""
     _check_m(m)
-    return from_fractions(1.0 - jnp.cos(0.5 * math.pi * jnp.arange(m + 1) / m), eps)
+    return from_fractions(1.0 - jnp.cos(0.5 * math.pi * jnp.arange(m + 1, dtype=float) / m), eps)
 
 
 def loglinear(m: int, eps: float, noise) -> Array:

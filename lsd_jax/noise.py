@@ -12,6 +12,8 @@ from typing import Union
 
 import jax.numpy as jnp
 
+from lsd_jax.names import NOISES
+
 Array = jnp.ndarray
 
 
@@ -67,7 +69,6 @@ class Geometric:
 
 
 Noise = Union[LogLinear, Geometric]
-NOISES = ("loglinear", "geometric")
 
 
 def get_noise(name: str, **kwargs) -> Noise:

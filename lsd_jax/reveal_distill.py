@@ -62,7 +62,7 @@ def fit(teacher, policy, *, nfe: int, method: str = "lsd", reading: str = "tempe
         progress: bool = True) -> tuple[sp_lib.SamplerParams, list]:
     """optax Adam on phi (LSD) or phi and the grid logits (LSD+); validates every epoch by the
     exact bigram KL of `val_samples` samples (exact teachers; else no selection: last epoch)."""
-    from lsd_jax.evaluate import run_sampler
+    from lsd_jax.eval.sampling import run_sampler
 
     if method not in ("lsd", "lsd+"):
         raise ValueError(f"method must be lsd or lsd+, got {method!r}")

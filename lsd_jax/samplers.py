@@ -35,7 +35,8 @@ from lsd_jax import grids as grids_lib
 from lsd_jax import validate
 from lsd_jax import solvers as solvers_lib
 from lsd_jax._compat import x64_enabled
-from lsd_jax.graphs import Graph, _is
+from lsd_jax.graphs import Graph, is_token
+from lsd_jax.names import READINGS, SOLVERS
 from lsd_jax.noise import Noise
 from lsd_jax.solvers import FLAT_VOCAB_MAX, LogKernel, block_size, categorical, draw  # noqa: F401  (re-exported)
 from lsd_jax.solvers.base import DrawContext, Drawer, Solver, StepModel, denoise_kernel, score_ok
@@ -43,9 +44,8 @@ from lsd_jax.solvers.base import DrawContext, Drawer, Solver, StepModel, denoise
 Array = jnp.ndarray
 ScoreFn = Callable[[Array, Array], Array]
 
-SAMPLERS = solvers_lib.SOLVERS
+SAMPLERS = SOLVERS  # the --sampler names (lsd_jax.names.SOLVERS; the solver registry matches them)
 MIN_CAPACITY = 1024  # grid capacity of the compiled loop: NFE <= this shares one compilation
-READINGS = ("linear", "temperature")
 
 
 def check_choice(field: str, value: str, allowed: tuple) -> str:
@@ -67,7 +67,7 @@ def apply_phi(x: Array, log_score: Array, phi: Array, reading: str = "linear") -
         scaled = log_score * phi
     else:
         check_choice("reading", reading, READINGS)
-    return jnp.where(_is(x, log_score.shape[-1]), 0.0, scaled)
+    return jnp.where(is_token(x, log_score.shape[-1]), 0.0, scaled)
 
 
 class Samples(NamedTuple):
@@ -202,7 +202,9 @@ def sample(
     Raises FloatingPointError naming the first step whose score or phi was non-finite.
     """
     from lsd_jax import sharding as sharding_lib
+    from lsd_jax.teachers.base import check_score_fn
 
+    check_score_fn(score_fn, graph, length)  # once per function: a named error before any compile
     grid, phi, reading, sampler = _resolve(grid, phi, reading, sampler)
     solver = solvers_lib.get_solver(sampler)
     check_choice("reading", reading, READINGS)
@@ -220,7 +222,7 @@ def sample(
     if x64 and not x64_enabled():
         raise ValueError(
             "x64=True draws in float64 and needs jax x64: wrap the call in "
-            "lsd_jax._compat.enable_x64() or set JAX_ENABLE_X64=1 (CLI: --x64)"
+            "lsd_jax.enable_x64() or set JAX_ENABLE_X64=1 (CLI: --x64)"
         )
     if return_reveal and not graph.is_absorbing:
         raise ValueError("return_reveal needs the absorbing graph (uniform-graph tokens can move more than once)")

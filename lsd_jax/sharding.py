@@ -51,9 +51,9 @@ def batch_mesh(devices=None) -> Mesh:
 def default_mesh(batch_size: int) -> Optional[Mesh]:
     """batch_mesh() when there are several devices and they divide batch_size, else None
     (one device, or a batch that cannot be split evenly: the run stays on one device).
-    LSD_JAX_NO_SHARDING=1 turns sharding off."""
+    Callers that want one device pass mesh=None (samplers.sample, distill.fit, eval.run_sampler)."""
     n = jax.device_count()
-    if n <= 1 or batch_size % n or os.environ.get("LSD_JAX_NO_SHARDING", "") not in ("", "0"):
+    if n <= 1 or batch_size % n:
         return None
     return batch_mesh()
 

@@ -4,7 +4,8 @@ measured on its samples, and the best fixed grid of simple families.
 Candidates are compared under common random numbers: every candidate is sampled with
 the same seeds (`crn_seeds`), so differences between candidates are not sampling noise.
 The optimiser is CMA-ES (the `cmaes` package) over the LSD+ grid logits (and log phi).
-Held-out evaluation (other seeds) is the caller's job: `lsd_jax.evaluate`.
+Held-out evaluation (other seeds) is the caller's job: `lsd_jax.eval.evaluate_sampler`.
+Divergences come from `lsd_jax.divergences.make_divergence`; the model is any `ScoreModel`.
 """
 
 from __future__ import annotations
@@ -17,52 +18,12 @@ import numpy as np
 
 from lsd_jax import grids
 from lsd_jax import sampler_params as sp_lib
-from lsd_jax.evaluate import run_sampler
+from lsd_jax.eval.sampling import run_sampler
+from lsd_jax.eval.text_metrics import unigram_entropy
+from lsd_jax.teachers.base import ScoreModel, check_model
 
 FIXED_FAMILIES = (("uniform", None), ("cosine", None), ("loglinear", None), ("power", 0.5), ("power", 0.75),
                   ("power", 1.25), ("power", 1.5), ("power", 2.0), ("power", 3.0))
-
-
-def exact_divergence(teacher) -> Callable[[np.ndarray], float]:
-    """Bigram KL of samples against the exact chain (synthetic teachers only)."""
-    if not teacher.exact:
-        raise ValueError("divergence 'exact' needs an exact teacher (--teacher markov)")
-    return lambda tokens: teacher.metrics(tokens)["bigram_kl"]
-
-
-def mmd_divergence(teacher, reference) -> Callable[[np.ndarray], float]:
-    """MMD between the teacher network's pooled final hidden states of samples and of the
-    reference samples (network teachers only; the bandwidth is fixed on the reference)."""
-    from lsd_jax.divergences import mmd
-
-    if teacher.features is None:
-        raise ValueError("divergence 'mmd' needs a network teacher (--checkpoint DIR): it compares the "
-                         "teacher network's final hidden states; use 'exact' or 'ngram' here")
-    ref_feats = teacher.features(reference)
-    sq = (ref_feats ** 2).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * ref_feats @ ref_feats.T, 0.0)
-    bandwidth = float(np.sqrt(np.median(d2[np.triu_indices(len(d2), 1)])))
-    return lambda tokens: mmd(teacher.features(tokens), ref_feats, bandwidth=bandwidth)
-
-
-DIVERGENCES = ("exact", "ngram", "mmd")
-
-
-def make_divergence(name: str, teacher, reference=None) -> Callable[[np.ndarray], float]:
-    """The divergence `name` (exact | ngram | mmd) of samples [B, L]; ngram and mmd compare
-    with `reference` [B', L], the teacher's own many-step samples."""
-    from lsd_jax.divergences import ngram_divergence
-
-    if name not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {', '.join(DIVERGENCES)}, got {name!r}")
-    if name == "exact":
-        return exact_divergence(teacher)
-    if reference is None:
-        raise ValueError(f"divergence {name!r} needs reference samples (the teacher's many-step samples)")
-    if name == "mmd":
-        return mmd_divergence(teacher, reference)
-    ref = np.asarray(reference)
-    return lambda tokens: ngram_divergence(tokens, ref, teacher.graph.num_tokens)
 
 
 def _score(teacher, grid, phi, divergence, *, sampler, reading, crn_seeds, num_samples, x64,
@@ -72,7 +33,7 @@ def _score(teacher, grid, phi, divergence, *, sampler, reading, crn_seeds, num_s
         tok, c = run_sampler(teacher, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
                              num_samples=num_samples, x64=x64, reveal=reveal, remask=remask, return_calls=True)
         vals.append(divergence(tok))
-        ents.append(_unigram_entropy(tok, teacher.graph.dim))
+        ents.append(unigram_entropy(tok, mode="pooled"))
         calls.append(c)
     value, ent = float(np.mean(vals)), float(np.mean(ents))
     lo, hi = entropy_window(entropy_ref, entropy_band, entropy_base)
@@ -93,17 +54,12 @@ def entropy_window(ref: Optional[float], band: float, base: Optional[float] = No
     return ref * (1.0 - band), hi
 
 
-def _unigram_entropy(tokens, dim) -> float:
-    from lsd_jax.teachers.markov import unigram_entropy
-
-    return unigram_entropy(tokens, dim)
-
-
-def best_fixed_grid(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", eps: float = 1e-4,
+def best_fixed_grid(teacher: ScoreModel, nfe: int, divergence: Callable, *, sampler: str = "euler", eps: float = 1e-4,
                     crn_seeds: Sequence[int] = (0, 1), num_samples: int = 1024, x64: bool = False,
                     families=FIXED_FAMILIES, reveal=None, remask=None) -> tuple[np.ndarray, list]:
     """Scores each fixed grid family on the tuning seeds (under a reveal policy: the
     grid sets its counts); returns (best grid, table)."""
+    check_model(teacher)
     table = []
     for name, p in families:
         g = grids.get_grid(name, nfe, eps, p=p or 2.0, noise=teacher.noise)
@@ -115,7 +71,7 @@ def best_fixed_grid(teacher, nfe: int, divergence: Callable, *, sampler: str = "
     return np.asarray(best["grid_values"]), table
 
 
-def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", eps: float = 1e-4,
+def search(teacher: ScoreModel, nfe: int, divergence: Callable, *, sampler: str = "euler", eps: float = 1e-4,
            budget: int = 200, tune_phi: bool = False, reading: str = "linear", crn_seeds: Sequence[int] = (0, 1),
            num_samples: int = 1024, x64: bool = False, seed: int = 0, sigma0: float = 0.5,
            entropy_ref: Optional[float] = None, entropy_band: float = 0.01, logit_bound: float = 3.0,
@@ -134,6 +90,7 @@ def search(teacher, nfe: int, divergence: Callable, *, sampler: str = "euler", e
     """
     from cmaes import CMA
 
+    check_model(teacher)  # a wrong score function fails here, named, before any compile
     if budget < 1:
         raise ValueError(f"budget must be >= 1 evaluation, got {budget}")
     from lsd_jax import reveal as reveal_lib

@@ -196,7 +196,7 @@ def sampler_params_doc(doc: Any, where: str, required: Iterable[str]) -> dict:
                          f"got a JSON {type(doc).__name__}")
     for key in required:
         if key not in doc:
-            raise InputError(f"{where}: missing key {key!r}")
+            raise InputError(f"{where}: missing field {key!r}")
     phi, logits = _vector(doc, "phi", where), _vector(doc, "logits", where)
     if phi.shape != logits.shape:
         raise InputError(f"{where}: 'phi' and 'logits' must have equal length, got {phi.size} and {logits.size}")

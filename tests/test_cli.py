@@ -31,6 +31,7 @@ def test_sample_is_reproducible(tmp_path):
     assert a["nll"] == b["nll"] and a["bigram_kl"] == b["bigram_kl"]
 
 
+@pytest.mark.slow  # a fresh python process
 def test_sample_x64(tmp_path):
     out = tmp_path / "r.json"
     cmd = [sys.executable, "-m", "lsd_jax.cli", "sample", "--nfe", "4", *SMALL, "--x64", "--json", str(out)]
@@ -50,6 +51,7 @@ def test_bad_input_gives_clear_error(capsys, argv, needle):
     assert needle in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # a fresh python process
 def test_console_script_help():
     res = subprocess.run(["lsd-jax", "sample", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--nfe" in res.stdout

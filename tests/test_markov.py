@@ -7,7 +7,8 @@ import pytest
 from lsd_jax._compat import enable_x64
 
 from lsd_jax.graphs import Absorbing, Uniform
-from lsd_jax.teachers.markov import MarkovChain, bigram_kl, evaluate, make_chain, unigram_entropy
+from lsd_jax.eval.text_metrics import unigram_entropy
+from lsd_jax.teachers.markov import MarkovChain, bigram_kl, evaluate, make_chain
 
 
 def brute_force_score(chain, graph, sigmabar):
@@ -70,7 +71,7 @@ def test_chain_sampler_and_exact_quantities():
 def test_metrics_exact_values():
     chain = MarkovChain(np.array([0.5, 0.5]), np.array([[0.9, 0.1], [0.2, 0.8]]), 3)
     x = np.array([[0, 0, 1], [1, 1, 1]])
-    assert unigram_entropy(x, 2) == pytest.approx(-(1 / 3) * np.log(1 / 3) - (2 / 3) * np.log(2 / 3))
+    assert unigram_entropy(x, mode="pooled") == pytest.approx(-(1 / 3) * np.log(1 / 3) - (2 / 3) * np.log(2 / 3))
     # empirical pairs: (0,0), (0,1), (1,1), (1,1)
     marg = np.array([[0.5, 0.5], [0.55, 0.45]]).mean(0)
     true = marg[:, None] * chain.trans

@@ -202,8 +202,7 @@ def test_multihost_sampling_equals_single_device(two_hosts):
 
 def test_multihost_fit_equals_single_device(two_hosts, monkeypatch):
     out_dir, outs = two_hosts
-    monkeypatch.setenv("LSD_JAX_NO_SHARDING", "1")
-    params, hist = distill.fit(fit_teacher(), distill.DistillConfig(**FIT), progress=False)
+    params, hist = distill.fit(fit_teacher(), distill.DistillConfig(**FIT), progress=False, mesh=None)
     assert hist[0]["timing"]["devices"] == 1 and all(o["fit_devices"] == 4 for o in outs)
     for pid, o in enumerate(outs):
         # the validation samples are integers drawn from the same keys: the same divergences
@@ -225,8 +224,7 @@ def _summary(stdout: str) -> str:
 def test_multihost_cli_sample_equals_single_device(two_hosts, tmp_path, monkeypatch, capsys):
     out_dir, outs = two_hosts
     assert [o["cli_sample"]["rc"] for o in outs] == [0, 0]
-    monkeypatch.setenv("LSD_JAX_NO_SHARDING", "1")
-    capsys.readouterr()
+    capsys.readouterr()  # this process has one device: the single-device reference
     assert cli_main(CLI_SAMPLE + ["--json", str(tmp_path / "single.json")]) == 0
     want_line = _summary(capsys.readouterr().out)
     want = json.loads((tmp_path / "single.json").read_text())

@@ -103,7 +103,7 @@ def _copy_ckpt(src_model, cfg, d, fmt="safetensors", edit_state=None, edit_cfg=N
 
 
 # ------------------------------------------------------------------------------ parity
-@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("fmt", ["safetensors", pytest.param("bin", marks=pytest.mark.slow)])  # bin: slow
 @pytest.mark.parametrize("family,graph,tc", CASES, ids=CASE_IDS)
 def test_parity_float32(make_ckpt, family, graph, tc, fmt, record_property):
     d, tmodel, _ = make_ckpt(family, graph, fmt, tc)

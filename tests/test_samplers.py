@@ -9,6 +9,7 @@ from lsd_jax.graphs import Absorbing, Uniform
 from lsd_jax.noise import Geometric, LogLinear
 from lsd_jax.teachers import markov_teacher
 from lsd_jax.teachers.markov import make_chain
+from lsd_jax.graphs import is_token
 
 
 def random_inputs(graph, key, b=4, length=6, shift=-1.0):
@@ -16,7 +17,7 @@ def random_inputs(graph, key, b=4, length=6, shift=-1.0):
     k1, k2 = jax.random.split(key)
     x = jax.random.randint(k1, (b, length), 0, graph.dim)
     log_score = jax.random.normal(k2, (b, length, graph.dim), jnp.float64) + shift
-    log_score = jnp.where(jnp.arange(graph.dim) == x[..., None], 0.0, log_score)
+    log_score = jnp.where(is_token(x, graph.dim), 0.0, log_score)
     return x, log_score
 
 

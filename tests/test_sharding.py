@@ -84,6 +84,7 @@ print(json.dumps(res))
 """
 
 
+@pytest.mark.slow  # a 4-device subprocess
 def test_sharded_sampling_equals_single_device():
     res = run_with_devices(SAMPLING)
     assert res["devices"] == 4
@@ -139,6 +140,7 @@ print(json.dumps(res))
 """
 
 
+@pytest.mark.slow  # a 4-device subprocess
 def test_sharded_distillation_matches_single_device():
     res = run_with_devices(DISTILL)
     assert res["cache_kind"] == "RevealPath"

@@ -188,3 +188,21 @@ def test_zipf_toy_tail_mass_of_the_default_draw():
         key = f"tail_{r0}"
         assert abs(new[key] / ex[key] - 1) < 1e-6, (key, new, ex)
         assert old[key] / ex[key] - 1 < -1e-3, (key, old, ex)
+
+
+def test_traced_non_finite_phi_is_flagged_by_the_loop():
+    """A phi traced inside a caller's jit cannot be checked up front: the loop's flag holds,
+    per row, the first bad step and the cause (2: phi)."""
+    teacher = markov_teacher(vocab=6, length=8)
+
+    @jax.jit
+    def bad_of(phi):
+        grid = jnp.concatenate([grids.uniform(4, 1e-4), jnp.full((4,), 1e-4)])
+        return samplers._run(samplers.as_pytree_fn(teacher.score_fn), teacher.graph, teacher.noise, grid, phi,
+                             jnp.asarray(4, jnp.int32), jax.random.PRNGKey(0), jnp.full((8, 8), 6, jnp.int32),
+                             solver=solvers.Euler(), drawer=solvers.GumbelDraw(), reading="linear", denoise=True,
+                             return_path=False)[3]
+
+    bad = np.asarray(bad_of(jnp.asarray([1.0, jnp.inf, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])))
+    np.testing.assert_array_equal(bad, np.tile([[1, 2]], (8, 1)))
+    np.testing.assert_array_equal(np.asarray(bad_of(jnp.ones(8))), np.tile([[-1, 0]], (8, 1)))

@@ -14,6 +14,7 @@ import pytest
 from lsd_jax import cli, graphs, grids, samplers, train
 from lsd_jax.noise import Geometric, LogLinear
 from lsd_jax.teachers import markov
+from lsd_jax.graphs import is_token
 
 # A tiny run: V 4, L 8, D 32, one block, 40 steps. One config for every test below, so
 # everything is compiled once (compilation dominates the time of these tests).
@@ -46,7 +47,7 @@ def test_exact_score_minimises_the_loss(graph, noise):
 
     def perturbed(x, s):
         ls = exact(x, s) + noise_tab[None]
-        return jnp.where(jnp.arange(g.dim) == x[..., None], 0.0, ls)
+        return jnp.where(is_token(x, g.dim), 0.0, ls)
 
     l_exact, l_pert = jax.jit(lambda k, x: (train.score_entropy_loss(exact, g, noise, k, x),
                                             train.score_entropy_loss(perturbed, g, noise, k, x)))(key, x0)
@@ -65,6 +66,7 @@ def test_prior_kl():
     assert train.prior_kl(graphs.Uniform(4), Geometric(1e-4, 1.0)) > 0.05  # sigma_max 1 leaves much signal
 
 
+@pytest.mark.slow  # training loops
 def test_loss_decreases_on_markov_data(uninterrupted):
     cfg, _, s = uninterrupted
     run = train.loop._run_for(cfg)
@@ -84,6 +86,7 @@ def test_loss_decreases_on_markov_data(uninterrupted):
     assert s["val_nelbo"] > s["exact_score_nelbo"] - 3 * s["excess_over_exact_score_se"] - 1e-3
 
 
+@pytest.mark.slow  # training loops
 def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
     cfg, _, full = uninterrupted
     out = str(tmp_path / "resumed")
@@ -104,6 +107,7 @@ def test_resume_reproduces_uninterrupted_run(uninterrupted, tmp_path):
                                [h["val_nelbo"] for h in full["history"]], rtol=1e-6)
 
 
+@pytest.mark.slow  # the shared 40-step training run
 def test_output_directory_loads_and_samples(uninterrupted):
     from lsd_jax.models.dit import score_fn_from
     from lsd_jax.teachers.checkpoint import load_teacher

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from lsd_jax import grids, samplers, tune
+from lsd_jax import divergences, grids, samplers, tune
 from lsd_jax.cli import main
 from lsd_jax.divergences import ngram_divergence
-from lsd_jax.evaluate import evaluate_sampler, run_sampler
+from lsd_jax.eval.sampling import evaluate_sampler, run_sampler
+from lsd_jax.eval.text_metrics import unigram_entropy
 from lsd_jax.teachers import markov_teacher
-from lsd_jax.teachers.markov import unigram_entropy
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +19,15 @@ def uniform_teacher():
     return markov_teacher(graph="uniform")
 
 
+@pytest.mark.slow  # a CMA-ES search
 def test_tuned_grid_beats_uniform_on_held_out_seeds(uniform_teacher):
     """Exact uniform-graph teacher, 8 NFE: tuning the grid on the exact divergence (seeds 0, 1)
     beats the uniform grid on held-out seeds by far more than the seed spread, at the teacher's
     unigram entropy (within 1%)."""
     t = uniform_teacher
     ref = run_sampler(t, grids.uniform(1024, 1e-4), seed=1, num_samples=1024)
-    ref_h = unigram_entropy(ref, 16)
-    params, hist = tune.search(t, 8, tune.exact_divergence(t), budget=40, entropy_ref=ref_h, progress=False)
+    ref_h = unigram_entropy(ref, mode="pooled")
+    params, hist = tune.search(t, 8, divergences.exact_divergence(t), budget=40, entropy_ref=ref_h, progress=False)
     held = (20_000, 20_001, 20_002)
     base = evaluate_sampler(t, grids.uniform(8, 1e-4), seeds=held)
     tuned = evaluate_sampler(t, params.grid(), phi=params.phi, seeds=held)
@@ -67,19 +68,20 @@ def test_entropy_guard_rejects_sharpening_that_wins_on_likelihood():
     t = markov_teacher()
     g = grids.uniform(8, 1e-4)
     ref = run_sampler(t, grids.uniform(1024, 1e-4), seed=1, num_samples=2048)
-    ref_h = unigram_entropy(ref, 17)
+    ref_h = unigram_entropy(ref, mode="pooled")
     plain = run_sampler(t, g, seed=4, num_samples=2048)
     sharp_phi = jnp.full((8,), 1.5)
     sharp = run_sampler(t, g, seed=4, num_samples=2048, phi=sharp_phi, reading="temperature")
     assert t.metrics(sharp)["nll"] < t.metrics(plain)["nll"]
-    _, info = tune._score(t, g, sharp_phi, tune.exact_divergence(t), sampler="euler", reading="temperature",
+    _, info = tune._score(t, g, sharp_phi, divergences.exact_divergence(t), sampler="euler", reading="temperature",
                           crn_seeds=(4,), num_samples=2048, x64=False, entropy_ref=ref_h, entropy_band=0.01,
-                          entropy_base=unigram_entropy(plain, 17))
+                          entropy_base=unigram_entropy(plain, mode="pooled"))
     assert info["rejected"] and info["unigram_entropy"] < 0.99 * ref_h
-    lo, hi = tune.entropy_window(ref_h, 0.01, unigram_entropy(plain, 17))
-    assert lo <= unigram_entropy(plain, 17) <= hi  # the plain sampler itself is never rejected here
+    lo, hi = tune.entropy_window(ref_h, 0.01, unigram_entropy(plain, mode="pooled"))
+    assert lo <= unigram_entropy(plain, mode="pooled") <= hi  # the plain sampler itself is never rejected here
 
 
+@pytest.mark.slow  # a CMA-ES search
 def test_tune_cli_writes_params_sample_reads(tmp_path):
     out = tmp_path / "tune"
     assert main(["tune", "--teacher-vocab", "8", "--teacher-length", "12", "--nfe", "4", "--divergence", "ngram",
@@ -92,6 +94,25 @@ def test_tune_cli_writes_params_sample_reads(tmp_path):
                  "--sampler-params", str(out / "sampler_params.json")]) == 0
     assert main(["tune", "--checkpoint", str(tmp_path / "nope"), "--nfe", "4", "--divergence", "exact",
                  "--out", str(tmp_path / "x")]) == 2
+
+
+def test_tune_cli_start_best_fixed(tmp_path):
+    """--start best-fixed: the second evaluation is the named best fixed grid's logits (centred)."""
+    out = tmp_path / "tune"
+    assert main(["tune", "--teacher-vocab", "8", "--teacher-length", "12", "--nfe", "4", "--divergence", "ngram",
+                 "--budget", "3", "--samples", "64", "--teacher-nfe", "32", "--out", str(out), "--no-progress",
+                 "--eval-seeds", "0", "--start", "best-fixed"]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["start"].startswith("best fixed grid ")
+    name = result["start"].removeprefix("best fixed grid ")
+    family, _, p = name.partition("-")
+    t = markov_teacher(vocab=8, length=12)
+    g = grids.get_grid(family, 4, 1e-4, p=float(p) if p else 2.0, noise=t.noise)
+    logits = np.asarray(grids.to_logits(jnp.asarray(g), 1e-4), np.float64)
+    evals = json.loads((out / "history.json").read_text())["evaluations"]
+    assert [h["eval"] for h in evals if "eval" in h] == [0, 1, 2]
+    np.testing.assert_allclose(evals[1]["z"], np.clip(logits - logits.mean(), -3, 3), atol=1e-6)
+    assert json.loads((out / "sampler_params.json").read_text())["meta"]["start"] == result["start"]
 
 
 def test_mmd_is_near_zero_for_equal_distributions_and_positive_otherwise():
@@ -122,9 +143,9 @@ def test_mmd_on_network_features_is_lowest_for_the_teachers_own_samples(tmp_path
     t = load_teacher(d)
     assert t.features is not None and t.chain is None
     ref = run_sampler(t, grids.uniform(128, 1e-4), seed=1, num_samples=256)
-    div = tune.mmd_divergence(t, ref)
+    div = divergences.mmd_divergence(t, ref)
     fresh = div(run_sampler(t, grids.uniform(128, 1e-4), seed=2, num_samples=256))
     coarse = div(run_sampler(t, grids.uniform(2, 1e-4), seed=2, num_samples=256))
     assert coarse > fresh
     with pytest.raises(ValueError, match="network teacher"):
-        tune.mmd_divergence(markov_teacher(vocab=8, length=12), ref)
+        divergences.mmd_divergence(markov_teacher(vocab=8, length=12), ref)

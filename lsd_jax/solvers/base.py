@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 
 import jax.numpy as jnp
 
+from lsd_jax.graphs import id_row, is_token
 from lsd_jax.solvers import kernel as K
 
 Array = jnp.ndarray
@@ -36,15 +37,13 @@ Array = jnp.ndarray
 # ---------------------------------------------------------------- graph-specific pieces
 def _absorb_log_q(graph, x: Array, dtype) -> Array:
     """log Q[y, x] [B, L, V]: 0 for data y at a masked x; -inf elsewhere (unmasked x never moves)."""
-    y = jnp.arange(graph.dim, dtype=x.dtype)
-    ok = (x == graph.mask_id)[..., None] & (y != graph.mask_id)
+    ok = (x == graph.mask_id)[..., None] & ~id_row(graph.dim, graph.mask_id, x.ndim + 1)
     return jnp.where(ok, jnp.asarray(0.0, dtype), -jnp.inf)
 
 
 def _uniform_log_q(graph, x: Array, dtype) -> Array:
     """log Q[y, x] [B, L, V]: -log(dim) for y != x; -inf at y = x."""
-    y = jnp.arange(graph.dim, dtype=x.dtype)
-    return jnp.where(y != x[..., None], jnp.asarray(-jnp.log(graph.dim), dtype), -jnp.inf)
+    return jnp.where(~is_token(x, graph.dim), jnp.asarray(-jnp.log(graph.dim), dtype), -jnp.inf)
 
 
 move_log_q = {"absorb": _absorb_log_q, "uniform": _uniform_log_q}
@@ -68,14 +67,13 @@ def _uniform_tweedie(graph, x: Array, log_score: Array, dsigma: Array) -> K.LogK
     (s[y] / e^{-ds} + a S) trans[y] with a = (e^{-ds} - 1) / (d e^{-ds}), S = sum_y s[y],
     trans = the column of exp(ds Q). Not affine in the score: S takes its own pass."""
     d = float(graph.dim)
-    y = jnp.arange(graph.dim, dtype=x.dtype)
     dsigma = dsigma[:, None]
     epow = jnp.exp(-dsigma)
     a = (epow - 1.0) / (d * epow)
     total = jnp.exp(K.logsumexp0(log_score))  # [B, L]
     move = -jnp.expm1(-dsigma) / d
     stag = jnp.exp(log_score) / epow[..., None] + (a * total)[..., None]
-    reg = jnp.where(y != x[..., None], K.log_clip(stag) + jnp.log(move)[..., None], -jnp.inf)
+    reg = jnp.where(~is_token(x, graph.dim), K.log_clip(stag) + jnp.log(move)[..., None], -jnp.inf)
     s_x = jnp.exp(jnp.take_along_axis(log_score, x[..., None], -1)[..., 0])
     stay = K.log_clip(s_x / epow + a * total) + jnp.log(1.0 - (d - 1.0) * move)
     return K.LogKernel(reg, jnp.zeros(x.shape, log_score.dtype), x, lambda log_total: stay)

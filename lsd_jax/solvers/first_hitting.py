@@ -19,6 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from lsd_jax.graphs import id_row
 from lsd_jax.solvers import kernel as K
 from lsd_jax.solvers.base import DrawContext, Solver, StepModel, StepOut, score_ok
 
@@ -51,8 +52,7 @@ class FirstHitting(Solver):
 
     def kernel(self, graph, x: Array, log_score: Array, chosen: Array) -> K.LogKernel:
         """Reveal the positions `chosen` [B, L] bool (masked) from the posterior; others stay."""
-        y = jnp.arange(graph.dim, dtype=x.dtype)
-        reg = jnp.where(chosen[..., None] & (y != graph.mask_id), log_score, -jnp.inf)
+        reg = jnp.where(chosen[..., None] & ~id_row(graph.dim, graph.mask_id, x.ndim + 1), log_score, -jnp.inf)
         return K.LogKernel(reg, jnp.zeros(x.shape, log_score.dtype), x,
                            lambda log_total: jnp.where(jnp.isneginf(log_total), 0.0, -jnp.inf))
 
@@ -67,7 +67,7 @@ class FirstHitting(Solver):
         new_sb = jnp.where(n > 0, -jnp.log1p(-p_mask), sigmabar)
         # one masked position, uniformly: Gumbel-argmax over masked positions
         pick = jnp.argmax(jnp.where(masked, K.gumbel(k_pos, x.shape, jnp.float32), -jnp.inf), axis=-1)
-        chosen = (jnp.arange(x.shape[1]) == pick[:, None]) & masked
+        chosen = (jnp.arange(x.shape[1])[None, :] == pick[:, None]) & masked
         ls = model.score(x, jnp.maximum(new_sb, floor))
         kern = self.kernel(model.graph, x, ls, chosen)
         x_new = model.drawer(k_tok, kern, DrawContext(x, ls, t, t_next), model.graph, model.noise)

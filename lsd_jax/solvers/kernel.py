@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from lsd_jax.graphs import is_token
+
 Array = jnp.ndarray
 
 FLAT_VOCAB_MAX = 4096  # above this, `draw` uses the two-level Gumbel-max
@@ -74,8 +76,7 @@ def logits(kern: LogKernel) -> Array:
     shift = kern.shift.astype(kern.reg.dtype)
     log_total = logsumexp0(kern.reg) + shift
     sp = kern.special(log_total).astype(kern.reg.dtype)
-    y = jnp.arange(kern.reg.shape[-1], dtype=kern.special_idx.dtype)
-    return jnp.where(y == kern.special_idx[..., None], sp[..., None], kern.reg + shift[..., None])
+    return jnp.where(is_token(kern.special_idx, kern.reg.shape[-1]), sp[..., None], kern.reg + shift[..., None])
 
 
 def probs(kern: LogKernel) -> Array:

@@ -1,7 +1,8 @@
 """Teachers: a score function together with its graph, noise schedule and metrics.
 
-`Teacher` is what the CLI, distillation and benchmarks hold: they never need to know
-whether the score comes from the exact Markov chain or from a network.
+`Teacher` is the concrete score model (`teachers.base.ScoreModel`) that the CLI and the
+benchmarks build, for the exact Markov chain and for networks alike; the library itself
+(samplers, distillation, tuning, evaluation) needs only the protocol's four attributes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import numpy as np
 
 from lsd_jax import graphs as graphs_lib
 from lsd_jax import noise as noise_lib
+from lsd_jax.eval.text_metrics import unigram_entropy
+from lsd_jax.names import DEFAULT_NOISE, TEACHERS  # noqa: F401 - TEACHERS re-exported
 from lsd_jax.teachers import markov
-
-DEFAULT_NOISE = {"absorb": "loglinear", "uniform": "geometric"}  # SEDD's recipes
+from lsd_jax.teachers.base import ScoreModel, check_model, check_score_fn
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Teacher:
+    """A `ScoreModel` with a name, and for exact teachers the chain (exact metrics)."""
+
     score_fn: Callable  # (x [B, L] int32, sigmabar [B]) -> log-score [B, L, dim]
     graph: graphs_lib.Graph
     noise: noise_lib.Noise
@@ -37,7 +41,7 @@ class Teacher:
         """Exact metrics for chain teachers; unigram entropy otherwise."""
         if self.chain is not None:
             return markov.evaluate(self.chain, tokens)
-        return {"unigram_entropy": markov.unigram_entropy(tokens, self.graph.dim)}
+        return {"unigram_entropy": unigram_entropy(tokens, mode="pooled")}
 
     def describe(self) -> dict:
         d = {"name": self.name, "graph": self.graph.name, "noise": self.noise.to_dict(), "length": self.length}

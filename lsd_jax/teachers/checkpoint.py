@@ -11,7 +11,7 @@ import numpy as np
 from lsd_jax.teachers import Teacher, letter_decoder
 from lsd_jax.teachers.markov import MarkovChain
 # written by train-teacher: chain.json (networks trained on a Markov chain), tokenizer.json (text teachers)
-from lsd_jax.train.config import CHAIN_FILE, TOKENIZER_FILE
+from lsd_jax.names import CHAIN_FILE, TOKENIZER_FILE
 
 GPT2_TOKENS = 50257
 

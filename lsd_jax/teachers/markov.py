@@ -21,7 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lsd_jax.graphs import Graph, _expm1_stable
+from lsd_jax.divergences import bigram_counts
+from lsd_jax.eval.text_metrics import unigram_entropy
+from lsd_jax.graphs import Graph, expm1_stable, is_token
 
 Array = jnp.ndarray
 
@@ -148,12 +150,12 @@ def _exact_log_score(init: Array, trans: Array, graph: Graph, x: Array, sigmabar
     dt = init.dtype
     tiny = jnp.finfo(dt).tiny
     sb = sigmabar.astype(dt)[:, None, None]  # [B, 1, 1]
-    is_x = jnp.arange(v) == x[..., None]  # [B, L, V] (mask id never matches)
+    is_x = is_token(x, v)  # [B, L, V] (mask id never matches)
     if graph.is_absorbing:
         masked = (x == graph.mask_id)[..., None]
         emis = jnp.where(masked, 1.0, is_x.astype(dt))
         logw = jnp.log(jnp.maximum(_posterior(init, trans, emis), tiny))
-        log_e = jnp.log(_expm1_stable(sb))
+        log_e = jnp.log(expm1_stable(sb))
         logw_c = jnp.sum(jnp.where(is_x, logw, 0.0), -1, keepdims=True)
         data = jnp.where(masked, logw - log_e, logw - logw_c)
         mask_col = jnp.where(masked, 0.0, log_e - logw_c)
@@ -192,15 +194,6 @@ def make_chain(
 
 
 # --- metrics on samples ---------------------------------------------------------------
-def unigram_entropy(tokens, num_tokens: int | None = None) -> float:
-    """Entropy (nats) of the token histogram of all samples [B, L] pooled (the convention of
-    every table here; `lsd_jax.eval.unigram_entropy` also has the per-sample one)."""
-    from lsd_jax.eval.text_metrics import unigram_entropy as _unigram_entropy
-
-    del num_tokens  # kept for callers; the histogram needs no vocabulary size
-    return _unigram_entropy(np.asarray(tokens), mode="pooled")
-
-
 def bigram_kl(chain: MarkovChain, tokens) -> float:
     """KL(empirical || chain) in nats over position-averaged adjacent pairs (x_i, x_{i+1}).
 
@@ -211,8 +204,7 @@ def bigram_kl(chain: MarkovChain, tokens) -> float:
     v = chain.num_tokens
     if x.min() < 0 or x.max() >= v:
         raise ValueError("samples hold ids outside the chain's tokens (leftover masks?)")
-    idx = x[:, :-1] * v + x[:, 1:]
-    emp = np.bincount(idx.ravel(), minlength=v * v).astype(np.float64)
+    emp = bigram_counts(x, v)
     emp /= emp.sum()
     true = chain.bigram_probs().ravel()
     nz = emp > 0
@@ -220,8 +212,9 @@ def bigram_kl(chain: MarkovChain, tokens) -> float:
 
 
 def evaluate(chain: MarkovChain, tokens) -> dict:
-    """Exact metrics of samples [B, L]: nll (per token), data entropy, unigram entropies,
-    bigram KL (see `bigram_kl`). Tokens of another length or with ids outside [0, V) are refused."""
+    """Exact metrics of samples [B, L]: nll (per token), data entropy, unigram entropies
+    (the samples' pooled over all rows, the convention of every table here), bigram KL
+    (see `bigram_kl`). Tokens of another length or with ids outside [0, V) are refused."""
     from lsd_jax import validate
 
     x = validate.tokens(tokens, chain.num_tokens, chain.length, "tokens scored against the chain")
@@ -229,7 +222,7 @@ def evaluate(chain: MarkovChain, tokens) -> dict:
     return {
         "nll": float(-lp.mean() / chain.length),
         "data_entropy": chain.entropy_rate(),
-        "unigram_entropy": unigram_entropy(x, chain.num_tokens),
+        "unigram_entropy": unigram_entropy(x, mode="pooled"),
         "data_unigram_entropy": chain.unigram_entropy(),
         "bigram_kl": bigram_kl(chain, x),
         "bigram_kl_floor": (chain.num_tokens**2 - 1) / (2.0 * x.shape[0] * (chain.length - 1)),

@@ -11,8 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-GRAPHS = ("absorb", "uniform")  # = lsd_jax.graphs.GRAPHS (checked by tests/test_train.py)
-NOISES = ("loglinear", "geometric")  # = lsd_jax.noise.NOISES (checked by tests/test_train.py)
+from lsd_jax.names import CHAIN_FILE, DEFAULT_NOISE, GRAPHS, NOISES, TOKENIZER_FILE  # noqa: F401 - re-exported
 
 DATA = ("markov", "text")
 SCHEDULES = ("cosine", "constant")
@@ -20,10 +19,7 @@ TOKENIZERS = ("char", "text8", "gpt2")
 # Training objectives; `lsd_jax.train.objective.OBJECTIVES` maps each name to its loss.
 # A new objective (e.g. "masked-ce") is added there and named here.
 OBJECTIVES = ("score-entropy",)
-DEFAULT_NOISE = {"absorb": "loglinear", "uniform": "geometric"}  # SEDD's recipes
 VAL_KEY = 20240601  # the validation set and its noise do not depend on the training seed
-CHAIN_FILE = "chain.json"
-TOKENIZER_FILE = "tokenizer.json"  # text data: {"tokenizer": name for get_tokenizer, "seq_len"}
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.json"
 PLOT_FILE = "val_curve.png"

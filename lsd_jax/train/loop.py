@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from lsd_jax import graphs as graphs_lib
 from lsd_jax import noise as noise_lib
 from lsd_jax import runs, validate
-from lsd_jax.sharding import is_primary
+from lsd_jax._compat import optax_update
 from lsd_jax.models.dit import DiT, DiTConfig, init_params, score_fn_from
 from lsd_jax.train.config import (
     CHAIN_FILE, CONFIG_FILE, LOG_FILE, PLOT_FILE, RESUME_MAY_CHANGE, STATE_DIR, TOKENIZER_FILE, VAL_KEY,
@@ -38,6 +38,7 @@ from lsd_jax.train.config import (
 )
 from lsd_jax.train.data import make_data
 from lsd_jax.train.objective import default_estimator, get_objective, nelbo, prior_kl
+from lsd_jax.sharding import is_primary
 from lsd_jax.train.plots import plot_curve
 from ports import sedd
 
@@ -129,7 +130,7 @@ class _Run:
             return per_seq.mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        updates, opt_state = optax_update(self.tx, grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         d = ema_decay(cfg, state["step"])
         ema = jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, state["ema"], params)

@@ -82,7 +82,7 @@ def stratified_times(key: Array, n: int) -> Array:
     that which sequence gets which stratum changes from one key to the next)."""
     k_u, k_p = jax.random.split(key)
     u = jax.random.uniform(k_u, (n,), minval=1e-6, maxval=1.0)
-    return jax.random.permutation(k_p, (jnp.arange(n) + u) / n)
+    return jax.random.permutation(k_p, (jnp.arange(n, dtype=u.dtype) + u) / n)
 
 
 _stratified_times_jit = jax.jit(stratified_times, static_argnums=1)
