@@ -42,6 +42,9 @@ def parse(argv=None):
     p.add_argument("--best-grid", action="store_true", help="also the best fixed grid (ctmc) chosen on seeds 0, 1")
     p.add_argument("--tuned", default=None, help="comma list NFE:path of tune --reveal planned sampler-params")
     p.add_argument("--show-samples", type=int, default=0, help="decoded samples per row (text teachers)")
+    p.add_argument("--ceiling-from", default=None,
+                   help="PATH:NFE: take the teacher row (same seeds and samples) from an nfe_vs_quality results JSON "
+                        "instead of sampling it again (exact teachers)")
     p.add_argument("--name", required=True)
     return p.parse_args(argv)
 
@@ -110,6 +113,20 @@ def evaluate_row(teacher, grid, policy, remask, counts, seeds, args, div):
     return res
 
 
+def ceiling_from(spec: str, seeds, args) -> dict:
+    """The `teacher (euler)` row at NFE from an nfe_vs_quality results JSON (same seeds and samples)."""
+    import json
+
+    path, nfe = spec.rsplit(":", 1)
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    row = next((r for r in rows if r["sampler"] == "teacher (euler)" and r["nfe"] == int(nfe)), None)
+    if row is None or row["seeds"] != list(seeds) or row["num_samples"] != args.samples:
+        raise SystemExit(f"{spec}: no teacher (euler) row at NFE {nfe} with seeds {list(seeds)} x {args.samples}")
+    args.teacher_nfe = int(nfe)
+    return {**row, "network_calls": int(nfe) + 1, "sample_text": [], "from": spec}
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     teacher = load(args)
@@ -119,7 +136,10 @@ def main(argv=None) -> int:
     key, div = divergence_fn(teacher, args)
     tuned = dict(item.split(":", 1) for item in args.tuned.split(",")) if args.tuned else {}
     t0 = time.perf_counter()
-    ceiling = evaluate_row(teacher, grids.uniform(args.teacher_nfe, EPS), None, None, None, seeds, args, div)
+    if args.ceiling_from:
+        ceiling = ceiling_from(args.ceiling_from, seeds, args)
+    else:
+        ceiling = evaluate_row(teacher, grids.uniform(args.teacher_nfe, EPS), None, None, None, seeds, args, div)
     results = []
     for m in args.nfe:
         rows = rows_for(teacher, m, args)

@@ -75,7 +75,8 @@ def expected_counts(noise: Noise, grid: Array, length: int) -> Array:
 def counts_from_grid(noise: Noise, grid: Array, length: int) -> Array:
     """int32 [M] reveals per step: `expected_counts` rounded on the cumulative sum
     (floor(x + 1/2)), so they are >= 0 and sum to L exactly. Pure: works under jit."""
-    cum = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(expected_counts(noise, grid, length))])
+    e = expected_counts(noise, grid, length)
+    cum = jnp.concatenate([jnp.zeros((1,), e.dtype), jnp.cumsum(e)])
     cum = jnp.floor(cum + 0.5).astype(jnp.int32).at[-1].set(length)
     return jnp.diff(cum)
 
@@ -135,7 +136,8 @@ def top_k(priority: Array, masked: Array, count: Array) -> Array:
     """bool [B, L]: the `count` [B] (or scalar) masked positions of highest priority [B, L]
     (ties: the lower index); all masked ones when fewer than `count` are masked."""
     p = jnp.where(masked, priority, -jnp.inf)
-    rank = jnp.argsort(jnp.argsort(-p, axis=-1, stable=True), axis=-1, stable=True)
+    rank = jnp.argsort(jnp.argsort(-p, axis=-1, stable=True), axis=-1, stable=True).astype(jnp.int32)
+    count = jnp.asarray(count, jnp.int32)
     return masked & (rank < jnp.reshape(count, jnp.shape(count) + (1,) * (2 - jnp.ndim(count))))
 
 
@@ -167,7 +169,7 @@ class _Ranked:
         spread = self.spread if value is None else value
         pr = self.priority(key, logp, drawn, rank)
         if self.param is not None:  # model-ordered: mix in the planned order
-            pr = pr + spread * (1.0 - rank / rank.shape[-1])
+            pr = pr + jnp.asarray(spread, pr.dtype) * (1.0 - rank.astype(pr.dtype) / rank.shape[-1])[None, :]
         return top_k(pr, masked, count)
 
 
@@ -180,7 +182,7 @@ class _Ranked:
         p_masked = lambda t: -jnp.expm1(-noise.total(t))
         left = jnp.floor(length * p_masked(ctx.t_next) / p_masked(jnp.ones_like(ctx.t)) + 0.5).astype(jnp.int32)
         masked = x == graph.mask_id
-        count = jnp.maximum(jnp.sum(masked, -1) - left, 0)  # [B]
+        count = jnp.maximum(jnp.sum(masked, -1, dtype=jnp.int32) - left, 0)  # [B]
         rank = jnp.asarray(order_rank(planned_order(length, getattr(self, "shape", None))))
         k1, k2 = jax.random.split(key)
         sb = noise.total(ctx.t)
@@ -250,8 +252,8 @@ class EB:
         hs = jnp.take_along_axis(h, order, -1)
         hs0 = jnp.where(jnp.isfinite(hs), hs, 0.0)
         keep = (jnp.cumsum(hs0, -1) - hs0 <= budget) & jnp.isfinite(hs)  # sorted ascending: max = last
-        keep = keep | (jnp.arange(h.shape[-1]) == 0) & jnp.isfinite(hs)
-        n = jnp.sum(jnp.cumprod(keep, -1), -1)  # [B]: longest accepted prefix
+        keep = keep | (jnp.arange(h.shape[-1]) == 0)[None, :] & jnp.isfinite(hs)
+        n = jnp.sum(jnp.cumprod(keep.astype(jnp.int32), -1), -1, dtype=jnp.int32)  # [B]: longest accepted prefix
         return top_k(-h, masked, n)
 
 
@@ -416,10 +418,10 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, p
 
     def apply(state, k, sb, phi_k, count, key_k):
         x, calls, lp, rev = state
-        active = jnp.any(x == mask, -1)  # [B]: samples that still had work for this call
+        active = jnp.any(x == mask, -1).astype(jnp.int32)  # [B]: samples that still had work for this call
         x_new, chosen, lp_d = _reveal_step(score_fn, graph, policy, x, sb, phi_k, reading, key_k, rank, count,
                                            draw_dtype, value)
-        return (x_new, calls + active, jnp.where(chosen, lp_d, lp), jnp.where(chosen, k, rev))
+        return (x_new, calls + active, jnp.where(chosen, lp_d.astype(lp.dtype), lp), jnp.where(chosen, k, rev))
 
     if isinstance(policy, EB):
         def cond(c):
@@ -430,7 +432,7 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, p
             frac = jnp.mean(state[0] == mask, -1, dtype=grid.dtype)
             return k + 1, apply(state, k, _sigmabar_of_fraction(noise, frac), 1.0, None, jax.random.fold_in(key, k))
 
-        k_end, state = jax.lax.while_loop(cond, body, (jnp.asarray(0), (x, zero, lp0, rev0)))
+        k_end, state = jax.lax.while_loop(cond, body, (jnp.asarray(0, jnp.int32), (x, zero, lp0, rev0)))
     else:
         def body(k, state):
             sb = noise.total(jnp.full((bsz,), grid[k]))
@@ -445,14 +447,14 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, p
     def denoise(s):
         x, calls, lp, rev = s
         sb = noise.total(jnp.full((bsz,), grid[m]))
-        active = jnp.any(x == mask, -1)
+        active = jnp.any(x == mask, -1).astype(jnp.int32)
         x_new = samplers.draw(jax.random.fold_in(key, k_end), samplers.denoise_kernel(graph, x, score_fn(x, sb), sb),
                               draw_dtype)
         return x_new, calls + active, lp, jnp.where(x != x_new, k_end, rev)
 
     any_masked = jnp.any(state[0] == mask)
     state = jax.lax.cond(any_masked, denoise, lambda s: s, state)
-    batch_calls = batch_calls + any_masked
+    batch_calls = batch_calls + any_masked.astype(jnp.int32)
 
     for j in range(remask.steps):  # ReMDM-style corrector: static count of extra calls
         x, calls, lp, rev = state
@@ -464,7 +466,7 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, p
         big = jnp.full((bsz,), length, jnp.int32)  # reveal every remasked position
         x_new, chosen, lp_d = _reveal_step(score_fn, graph, Planned(), x_rm, _sigmabar_of_fraction(noise, frac),
                                            1.0, reading, k2, rank, big, draw_dtype)
-        state = (x_new, calls + 1, jnp.where(chosen, lp_d, lp), jnp.where(chosen, k_end + 1 + j, rev))
+        state = (x_new, calls + 1, jnp.where(chosen, lp_d.astype(lp.dtype), lp), jnp.where(chosen, k_end + 1 + j, rev))
     batch_calls = batch_calls + remask.steps
     return state[0], state[1], batch_calls, state[3]
 

@@ -52,7 +52,7 @@ def loss_fn(params: sp_lib.SamplerParams, key, rank, *, score_fn, graph, noise, 
         chosen = policy.choose(k2, x == graph.mask_id, jax.lax.stop_gradient(logp_s), drawn, rank, counts[k])
         kl = jnp.sum(jnp.exp(logp_t) * (logp_t - logp_s), -1)
         total = total + jnp.sum(jnp.where(chosen, kl, 0.0))
-        n = n + jnp.sum(chosen)
+        n = n + jnp.sum(chosen, dtype=kl.dtype)
         x = jnp.where(chosen, drawn, x)
     return total / jnp.maximum(n, 1.0)
 
