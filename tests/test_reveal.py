@@ -206,6 +206,7 @@ def test_eb_budget_zero_reveals_one_per_call():
     assert int(big.network_calls) == 1
 
 
+@pytest.mark.slow  # ~30-60 s on the shared CPU: compiles on the default chain
 def test_remask_corrector_counts_its_calls():
     t = markov_teacher(vocab=6, length=8)
     out = reveal.sample(t.score_fn, t.graph, t.noise, grids.uniform(4, 1e-4), jax.random.PRNGKey(0), 16, 8,
@@ -214,6 +215,7 @@ def test_remask_corrector_counts_its_calls():
     assert int((np.asarray(out.reveal) >= 5).sum(1).max()) <= 6  # at most 3 x 2 positions redrawn
 
 
+@pytest.mark.slow  # ~30-60 s on the shared CPU: compiles on the default chain
 def test_confidence_ordering_lowers_sample_entropy():
     """Measured on the default chain at 8 NFE (512 samples): top-k by the drawn token's
     probability collapses the unigram entropy (2.60 nats for the chain); margin and
