@@ -35,16 +35,16 @@ def provenance() -> dict:
     }
 
 
-def bench_teacher(checkpoint=None, graph: str = "absorb", noise=None):
-    """The teacher of a benchmark: a checkpoint directory, else the default exact chain
-    (V 16, L 32, chain seed 0) on `graph`."""
+def bench_teacher(checkpoint=None, graph: str = "absorb", noise=None, kind: str = "markov"):
+    """The teacher of a benchmark: a checkpoint directory, else the default exact teacher
+    `kind` on `graph`: markov (V 16, L 32, chain seed 0) or hmm (H 16, V 32, L 32, seed 0)."""
     if checkpoint:
         from lsd_jax.teachers.checkpoint import load_teacher
 
         return load_teacher(checkpoint)
-    from lsd_jax.teachers import markov_teacher
+    from lsd_jax.teachers import hmm_teacher, markov_teacher
 
-    return markov_teacher(graph=graph, noise=noise)
+    return (hmm_teacher if kind == "hmm" else markov_teacher)(graph=graph, noise=noise)
 
 
 def write_results(name: str, payload: dict, markdown: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ own many-step samples. Grids and learned parameters are chosen on other seeds.
 
     python benchmarks/nfe_vs_quality.py --graph absorb --name exact-absorb
     python benchmarks/nfe_vs_quality.py --checkpoint checkpoints/chain-absorb --name net-chain-absorb
+    python benchmarks/nfe_vs_quality.py --teacher hmm --graph absorb --name hmm-absorb
 
 Writes benchmarks/results/<name>.json, .md and .png. On a text checkpoint, follow with
 ``text_eval.py --results <name>`` for the evaluators' NLL per character with paired
@@ -36,6 +37,7 @@ from lsd_jax.names import GRAPHS, NOISES  # noqa: E402
 from lsd_jax.samplers import SAMPLERS  # noqa: E402
 from lsd_jax.eval.sampling import HELD_OUT_SEED0, gap_closed, mean_std, run_sampler  # noqa: E402
 from lsd_jax.eval.text_metrics import unigram_entropy  # noqa: E402
+from lsd_jax.names import TEACHERS  # noqa: E402
 
 LSD_VARIANTS = {  # name -> (method, loss, reading)
     "lsd": ("lsd", "kl", "linear"),
@@ -49,7 +51,8 @@ LSD_VARIANTS = {  # name -> (method, loss, reading)
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, help="network teacher directory (else the exact markov teacher)")
+    p.add_argument("--checkpoint", default=None, help="network teacher directory (else the exact --teacher)")
+    p.add_argument("--teacher", choices=TEACHERS, default="markov", help="the exact teacher (default markov)")
     p.add_argument("--graph", choices=GRAPHS, default="absorb")
     p.add_argument("--noise", choices=NOISES, default=None)
     p.add_argument("--sampler", choices=SAMPLERS, default="euler", help="step of the learned samplers")
@@ -77,6 +80,8 @@ def parse(argv=None):
     p.add_argument("--genppl-samples", type=int, default=64, help="samples per seed scored by the evaluator")
     p.add_argument("--show-samples", type=int, default=3, help="decoded samples kept per row (first seed)")
     p.add_argument("--eps", type=float, default=1e-4)
+    p.add_argument("--di4c", nargs="*", default=[],
+                   help="Di4C student directories (lsd-jax distill-student): rows at their own NFE")
     p.add_argument("--no-solver-rows", dest="solver_rows", action="store_false",
                    help="skip the trapezoidal, first-hitting, temperature-matched Euler and JYS-grid rows")
     p.add_argument("--name", required=True)
@@ -131,7 +136,7 @@ class Evaluator:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    teacher = bench_teacher(args.checkpoint, args.graph, args.noise)
+    teacher = bench_teacher(args.checkpoint, args.graph, args.noise, args.teacher)
     t_start = time.perf_counter()
     ev = Evaluator(teacher, args)
     seeds = ev.seeds
@@ -148,7 +153,7 @@ def main(argv=None) -> int:
     select_div = tune_divs.get(sel_name) or make_divergence(sel_name, teacher, ref)
 
     rows = []
-    main_keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else \
+    main_keys = ("nll",) + exact_divergence_keys(teacher) + ("unigram_entropy",) if teacher.exact else \
         ("ngram", "unigram_entropy") + (("genppl",) if args.genppl else ())
 
     def add(sampler, nfe, res, extra=None):
@@ -212,9 +217,12 @@ def main(argv=None) -> int:
                                                phi=np.asarray(last["phi"]), reading=reading)[0],
                     {"phi": last["phi"], "grid": last["grid"]})
 
-    # share of the Euler -> teacher gap closed: by the exact divergence where there is one,
-    # else by the n-gram divergence against the teacher's held-out samples
-    key = "bigram_kl" if teacher.exact else "ngram"
+    for d in args.di4c:
+        di4c_rows(d, args, add, select_div, crn)
+
+    # share of the Euler -> teacher gap closed: by the exact (headline) divergence where there
+    # is one, else by the n-gram divergence against the teacher's held-out samples
+    key = exact_divergence_keys(teacher)[0] if teacher.exact else "ngram"
     ceiling = rows[0][key]
     for r in rows:
         base = [e for e in rows if e["sampler"] == "euler" and e["nfe"] == r["nfe"]]
@@ -234,6 +242,32 @@ def main(argv=None) -> int:
     return 0
 
 
+def di4c_rows(path: str, args, add, select_div, crn) -> None:
+    """Rows of a Di4C student (its own sampler and NFE): on the uniform grid, and on the best
+    fixed grid chosen for the student on the tuning seeds (the student as a teacher object).
+    Training cost: the student's train_wall_s."""
+    import json
+
+    from lsd_jax.students import STUDENT_FILE
+    from lsd_jax.teachers.checkpoint import load_teacher
+
+    with open(os.path.join(path, STUDENT_FILE)) as f:
+        meta = json.load(f)
+    cfg = meta["config"]
+    m, sampler = cfg["nfe"], cfg["sampler"]
+    student = load_teacher(path)
+    ev = Evaluator(student, args)
+    extra = {"student": path, "train_seconds": meta["train_wall_s"], "train_steps": meta["step"],
+             "seconds": meta["train_wall_s"]}
+    add(f"di4c ({sampler})", m, ev(grids.uniform(m, cfg["eps"]), sampler=sampler)[0], extra)
+    t0 = time.perf_counter()
+    best_grid, table = tune.best_fixed_grid(student, m, select_div, sampler=sampler, eps=cfg["eps"], crn_seeds=crn,
+                                            num_samples=args.samples)
+    add(f"di4c + best fixed grid ({sampler})", m, ev(best_grid, sampler=sampler)[0],
+        {**extra, "grid_name": min(table, key=lambda r: r["divergence"])["grid"],
+         "seconds": meta["train_wall_s"] + time.perf_counter() - t0})
+
+
 def solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first: bool) -> None:
     """Rows of the solvers issue at NFE m: trapezoidal (m / 2 steps of 2 calls), first-hitting
     (absorbing graph, once: its NFE is L), Euler at one global temperature matched to the
@@ -246,7 +280,7 @@ def solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first: bool) -
         res = ev(grids.uniform(1, args.eps), sampler="fhs")[0]
         add("first-hitting", teacher.length, res, {"steps": teacher.length})
     uni = grids.uniform(m, args.eps)
-    target = teacher.chain.unigram_entropy() if teacher.exact else ref_entropy
+    target = teacher.oracle.unigram_entropy() if teacher.exact else ref_entropy
     t0 = time.perf_counter()
     phi, hist = baselines.temperature_matched_euler(teacher, uni, target, seeds=crn, num_samples=args.samples)
     add("euler, temperature-matched", m, ev(uni, sampler="euler", phi=np.full(m, phi), reading="temperature")[0],
@@ -256,6 +290,39 @@ def solver_rows(ev, add, teacher, m, args, ref, ref_entropy, crn, first: bool) -
     g = baselines.jys_grid(teacher.score_fn, teacher.graph, teacher.noise, ref[:256], m, args.eps)
     add("euler, JYS grid", m, ev(g, sampler="euler")[0],
         {"grid": np.asarray(g).tolist(), "seconds": time.perf_counter() - t0})
+
+
+# --- exact teachers: the divergences of a row and the header of the table -----------------
+DIVERGENCE_LABELS = {"bigram_kl": "bigram KL", "lag_kl": "lag KL (mean of 1, 2, 4, 8)", "lag_kl_8": "lag-8 KL",
+                     "ngram": "n-gram div."}
+
+
+def exact_divergence_keys(teacher) -> tuple:
+    """The exact divergences a row reports; the first is the headline (gap closed, plot).
+    HMM: the mean lag-1/2/4/8 pair KL (it sees the long-range dependence bigram KL cannot),
+    then bigram KL (comparable with the chain's tables) and lag-8 KL; chain: bigram KL."""
+    head = teacher.oracle.HEADLINE
+    return (head,) + tuple(k for k in ("bigram_kl", "lag_kl_8") if k != head and teacher.hmm is not None)
+
+
+def exact_header_lines(teacher, samples: int) -> list:
+    """What the exact teacher is, its entropies and the sampling floors of its divergences."""
+    o = teacher.oracle
+    v, length = o.num_tokens, o.length
+    floor = lambda lag: (v * v - 1) / (2 * samples * (length - lag))  # noqa: E731
+    if teacher.hmm is None:
+        return [f"- chain entropy rate {o.entropy_rate():.4f} nats/token, unigram entropy "
+                f"{o.unigram_entropy():.4f}; bigram KL floor at this sample size ~{floor(1):.4f}",
+                "- gap closed = (KL_euler - KL) / (KL_euler - KL_teacher) at the same NFE (exact bigram KL)"]
+    lags = [d for d in (1, 2, 4, 8) if d < length]
+    mi = ", ".join(f"{o.mutual_information(d):.3f}" for d in lags)
+    return [f"- HMM H {o.num_states}, V {v}, L {length}: entropy rate {o.entropy_rate():.4f} ± "
+            f"{o.entropy_rate_se():.4f} nats/token (Monte Carlo over exact samples), unigram entropy "
+            f"{o.unigram_entropy():.4f}; mutual information between tokens at lags {lags}: {mi} nats",
+            f"- lag-d KL = KL(empirical || exact) of position-averaged pairs (x_i, x_i+d); floors at this sample "
+            f"size ~{floor(1):.4f} (lag 1) to ~{floor(lags[-1]):.4f} (lag {lags[-1]}); lag KL = their mean "
+            f"over d in {lags}, the headline",
+            "- gap closed = (KL_euler - KL) / (KL_euler - KL_teacher) at the same NFE (exact lag KL)"]
 
 
 def markdown(payload: dict, teacher) -> str:
@@ -274,11 +341,7 @@ def markdown(payload: dict, teacher) -> str:
              "- time: wall seconds of choosing the grid / tuning / distilling on this machine",
              ]
     if exact:
-        ch = teacher.chain
-        lines.append(f"- chain entropy rate {ch.entropy_rate():.4f} nats/token, unigram entropy "
-                     f"{ch.unigram_entropy():.4f}; bigram KL floor at this sample size "
-                     f"~{(ch.num_tokens ** 2 - 1) / (2 * payload['samples'] * (ch.length - 1)):.4f}")
-        lines.append("- gap closed = (KL_euler - KL) / (KL_euler - KL_teacher) at the same NFE (exact bigram KL)")
+        lines += exact_header_lines(teacher, payload["samples"])
     else:
         lines.append("- n-gram = symmetric unigram + bigram KL (add-0.5) against the teacher's held-out samples "
                      "of the other seeds; gap closed is measured by it (no exact divergence for this teacher)")
@@ -287,8 +350,9 @@ def markdown(payload: dict, teacher) -> str:
                      "per seed: exp(mean token NLL) / mean of per-sample PPL. Lower gen-PPL at lower entropy "
                      "is sharpening, not quality: read it with the entropy column")
     lines.append("")
-    cols = ["sampler", "NFE"] + (["NLL/token", "bigram KL"] if exact else ["n-gram div."]) + ["gap closed",
-                                                                                          "unigram entropy"]
+    div_keys = exact_divergence_keys(teacher) if exact else ("ngram",)
+    cols = ["sampler", "NFE"] + (["NLL/token"] if exact else []) + [DIVERGENCE_LABELS[k] for k in div_keys]
+    cols += ["gap closed", "unigram entropy"]
     if gp:
         cols += ["gen-PPL", "gen-PPL (per-sample mean)"]
     cols.append("time (s)")
@@ -296,7 +360,7 @@ def markdown(payload: dict, teacher) -> str:
     pm = lambda r, k, f=".4f": f"{r[k]:{f}} ± {r[k + '_std']:{f}}"
     for r in payload["rows"]:
         cells = [r["sampler"] + (f" ({r['grid_name']})" if "grid_name" in r else ""), str(r["nfe"])]
-        cells += [pm(r, "nll"), pm(r, "bigram_kl")] if exact else [pm(r, "ngram")]
+        cells += ([pm(r, "nll")] if exact else []) + [pm(r, k) for k in div_keys]
         cells.append("" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%")
         cells.append(pm(r, "unigram_entropy"))
         if gp:
@@ -326,7 +390,7 @@ def plot(payload: dict, path: str, teacher) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = payload.get("gap_key") or ("bigram_kl" if teacher.exact else "ngram")
+    key = payload.get("gap_key") or (exact_divergence_keys(teacher)[0] if teacher.exact else "ngram")
     keys = [key, "unigram_entropy"] + (["genppl"] if payload.get("genppl") else [])
     rows = [r for r in payload["rows"] if not r["sampler"].startswith("teacher") and "last epoch" not in r["sampler"]
             and "float64" not in r["sampler"]]
@@ -346,7 +410,7 @@ def plot(payload: dict, path: str, teacher) -> None:
         ax.set_xlabel("NFE")
         ax.set_ylabel(k)
     if teacher.exact:
-        axes[1].axhline(teacher.chain.unigram_entropy(), color="k", lw=0.8, label="data")
+        axes[1].axhline(teacher.oracle.unigram_entropy(), color="k", lw=0.8, label="data")
     axes[0].set_yscale("log")
     axes[0].set_ylabel(key + " (log)")
     axes[1].set_ylabel("unigram entropy (nats)")

@@ -134,11 +134,11 @@ def regenerate(teacher, payload: dict, run, num: int, cache: str | None = None,
     return [done.get(f"{r['sampler']} @ {r['nfe']}") for r in payload["rows"]]
 
 
-def text_rows(payload: dict, texts: list[list[list[str]]], per_seed: int) -> list[dict]:
+def text_rows(stored_rows: list[dict], texts: list[list[list[str]]], per_seed: int) -> list[dict]:
     """Per row: its first ``per_seed`` texts of each seed (seed-major) and a key shared by
     rows with identical texts (scored once)."""
     rows, keys = [], {}
-    for r, by_seed in zip(payload["rows"], texts):
+    for r, by_seed in zip(stored_rows, texts):
         mine = [t for tt in by_seed for t in tt[:per_seed]]
         digest = _digest(mine)
         label = f"{r['sampler']} @ {r['nfe']}"
@@ -272,12 +272,11 @@ def main(argv=None) -> int:
     cached = args.available_only or args.cached_only
     texts = regenerate(teacher, payload, run, num, args.texts_cache, available_only=cached)
     absent = [f"{r['sampler']} @ {r['nfe']}" for r, t in zip(payload["rows"], texts) if t is None]
-    if cached:  # only the rows regenerated so far (--available-only: fill --scores-cache, write no results)
-        payload = {**payload, "rows": [r for r, t in zip(payload["rows"], texts) if t is not None]}
-        texts = [t for t in texts if t is not None]
-    check = {"checked_decoded": sum(len((r.get("decoded") or [])[:num]) for r in payload["rows"]),
+    # only the rows regenerated (all unless --available-only / --cached-only); payload["rows"] stays whole
+    have = [(r, t) for r, t in zip(payload["rows"], texts) if t is not None]
+    check = {"checked_decoded": sum(len((r.get("decoded") or [])[:num]) for r, _ in have),
              "samples_per_seed": num, "not_regenerated": absent}
-    rows = text_rows(payload, texts, per_seed)
+    rows = text_rows([r for r, _ in have], [t for _, t in have], per_seed)
     anchors = anchors_for(checkpoint, teacher, per_seed * len(payload["seeds"]), args.anchor_seed)
     old = payload.get("text_eval") or {}
     same_texts = (old.get("texts_per_seed"), old.get("anchor_seed")) == (per_seed, args.anchor_seed)

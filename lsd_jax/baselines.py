@@ -141,13 +141,14 @@ def temperature_matched_euler(teacher, grid, target_entropy: float, *, seeds: Se
                               num_samples: int = 1024, sampler: str = "euler") -> tuple[float, list]:
     """temperature_matched on the teacher's samples (tuning seeds) with phi constant over steps."""
     from lsd_jax.eval.sampling import run_sampler
-    from lsd_jax.teachers.markov import unigram_entropy
+    from lsd_jax.eval.text_metrics import unigram_entropy
 
     m = int(np.asarray(grid).shape[0]) - 1
 
     def ent(phi: float) -> float:
         return float(np.mean([unigram_entropy(run_sampler(teacher, grid, sampler=sampler, phi=np.full(m, phi),
-                                                          reading="temperature", seed=s, num_samples=num_samples))
+                                                          reading="temperature", seed=s, num_samples=num_samples),
+                                              mode="pooled")
                               for s in seeds]))
 
     return temperature_matched(ent, target_entropy)

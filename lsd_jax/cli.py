@@ -1,6 +1,6 @@
-"""`lsd-jax` command line: sample, distill, tune, convert, train-teacher.
+"""`lsd-jax` command line: sample, distill, tune, convert, train-teacher, distill-student.
 
-~590 lines: the parser and the command of each subcommand, which stay thin (the work is in
+~670 lines: the parser and the command of each subcommand, which stay thin (the work is in
 the library); the allowed values come from `lsd_jax.names`, the flag checks from
 `lsd_jax.validate`.
 """
@@ -16,21 +16,27 @@ import time
 from typing import Callable, Optional
 
 from lsd_jax.names import (DIVERGENCES, DTYPES, GRAPHS, GRID_FAMILIES, LOSSES, METHODS, NOISES, READINGS, SELECT,
-                           SOLVERS, TEACHERS)
+                           SOLVERS, TEACHER_DEFAULTS, TEACHERS)
 
 DEFAULT_EPS = 1e-4  # terminal time of every sampler (the paper's; SEDD's own uses 1e-5)
 
 
 def _add_teacher_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--teacher", choices=TEACHERS, default=None, help="exact synthetic teacher (default)")
+    src.add_argument("--teacher", choices=TEACHERS, default=None,
+                     help="exact synthetic teacher: markov (first-order chain, the default) or hmm (hidden "
+                          "Markov model with long-range dependence)")
     src.add_argument("--checkpoint", default=None, help="converted or HF-layout SEDD-family checkpoint directory")
-    p.add_argument("--graph", choices=GRAPHS, default="absorb", help="graph of the markov teacher")
+    p.add_argument("--graph", choices=GRAPHS, default="absorb", help="graph of the exact teacher")
     p.add_argument("--noise", choices=NOISES, default=None,
-                   help="noise schedule of the markov teacher (default: loglinear for absorb, geometric for uniform)")
-    p.add_argument("--teacher-vocab", type=int, default=16, help="markov teacher: tokens V")
-    p.add_argument("--teacher-length", type=int, default=32, help="markov teacher: sequence length L")
-    p.add_argument("--teacher-seed", type=int, default=0, help="markov teacher: seed of the chain")
+                   help="noise schedule of the exact teacher (default: loglinear for absorb, geometric for uniform)")
+    dflt = lambda k: ", ".join(f"{t} {d[k]}" for t, d in TEACHER_DEFAULTS.items() if k in d)  # noqa: E731
+    p.add_argument("--teacher-vocab", type=int, default=None,
+                   help=f"exact teacher: tokens V (default {dflt('vocab')})")
+    p.add_argument("--teacher-length", type=int, default=None,
+                   help=f"exact teacher: sequence length L (default {dflt('length')})")
+    p.add_argument("--teacher-seed", type=int, default=0, help="exact teacher: seed of the chain / HMM")
+    p.add_argument("--hmm-states", type=int, default=None, help=f"hmm teacher: hidden states H (default {dflt('states')})")
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -111,21 +117,32 @@ def _params_reveal_param(path: str, name: str):
 
 
 def load_teacher(args):
-    """Teacher from CLI args: --checkpoint DIR or the markov chain."""
+    """Teacher from CLI args: --checkpoint DIR, or the exact teacher --teacher markov|hmm."""
     from lsd_jax import teachers, validate
 
     if getattr(args, "checkpoint", None):
         from lsd_jax.teachers import checkpoint as ckpt_teacher
 
+        if getattr(args, "hmm_states", None) is not None:
+            raise ValueError("--hmm-states applies to --teacher hmm only, not to --checkpoint")
         teacher = ckpt_teacher.load_teacher(args.checkpoint)
         validate.probe_score(teacher)  # shape and finiteness, before any work (3 calls on 2 sequences)
         return teacher
-    for field in ("teacher_vocab", "teacher_length"):
-        if getattr(args, field) < 2:
-            raise ValueError(f"--{field.replace('_', '-')} must be >= 2, got {getattr(args, field)}")
-    return teachers.markov_teacher(
-        graph=args.graph, noise=args.noise, vocab=args.teacher_vocab, length=args.teacher_length, seed=args.teacher_seed
-    )
+    kind = getattr(args, "teacher", None) or "markov"
+    size = dict(TEACHER_DEFAULTS[kind])
+    if args.hmm_states is not None:
+        if kind != "hmm":
+            raise ValueError(f"--hmm-states applies to --teacher hmm only, not to --teacher {kind}")
+        size["states"] = args.hmm_states
+    for field, key in (("teacher_vocab", "vocab"), ("teacher_length", "length")):
+        if getattr(args, field) is not None:
+            size[key] = getattr(args, field)
+    for key, v in size.items():
+        if v < 2:
+            flag = "--hmm-states" if key == "states" else f"--teacher-{key}"
+            raise ValueError(f"{flag} must be >= 2, got {v}")
+    make = teachers.hmm_teacher if kind == "hmm" else teachers.markov_teacher
+    return make(graph=args.graph, noise=args.noise, seed=args.teacher_seed, **size)
 
 
 def _device_info() -> dict:
@@ -250,8 +267,8 @@ def cmd_sample(args) -> int:
         d_base, d_ref = teacher.metrics(base)[key], teacher.metrics(ref)[key]
         result.update({f"euler_{key}": d_base, f"teacher1024_{key}": d_ref,
                        "gap_closed": gap_closed(result[key], d_base, d_ref)})
-    shown = ("nfe", "network_calls", "reveal", "sampler", "graph", "nll", "data_entropy", "unigram_entropy",
-             "bigram_kl", "gap_closed", "seconds")
+    shown = ("nfe", "network_calls", "reveal", "sampler", "graph", "nll", "data_entropy", "data_entropy_se",
+             "unigram_entropy", "bigram_kl", "lag_kl", "gap_closed", "seconds")
     print(" ".join(f"{k}={result[k]:.4g}" if isinstance(result[k], float) else f"{k}={result[k]}"
                    for k in shown if k in result))
     if teacher.decode is not None:
@@ -300,8 +317,9 @@ def _compare(teacher, rows: dict, args) -> dict:
 
     seeds = [HELD_OUT_SEED0 + i for i in range(args.eval_seeds)]
     results = {}
-    keys = ("nll", "bigram_kl", "unigram_entropy", "network_calls") if teacher.exact else ("unigram_entropy",
-                                                                                          "network_calls")
+    keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else ("unigram_entropy",)
+    keys += ("lag_kl",) if teacher.hmm is not None else ()
+    keys += ("network_calls",)
     print(f"held-out evaluation: {args.eval_seeds} seeds x {args.eval_samples} samples")
     print("  " + f"{'sampler':<28}" + "".join(f"{k:>22}" for k in keys))
     for name, (grid, phi, reading, *rev) in rows.items():
@@ -311,8 +329,8 @@ def _compare(teacher, rows: dict, args) -> dict:
         results[name] = {k: v for k, v in r.items() if k != "per_seed"}
         print("  " + f"{name:<28}" + "".join(f"{r[k]:>14.4f} +- {r[k + '_std']:<5.3f}" for k in keys))
     if teacher.exact:
-        print(f"  data entropy rate {teacher.chain.entropy_rate():.4f}, "
-              f"data unigram entropy {teacher.chain.unigram_entropy():.4f}")
+        print(f"  data entropy rate {teacher.oracle.entropy_rate():.4f}, "
+              f"data unigram entropy {teacher.oracle.unigram_entropy():.4f}")
     return results
 
 
@@ -642,7 +660,8 @@ def train_config_from_args(args):
     return TrainConfig(
         data=args.data, graph=args.graph, noise=args.noise, objective=args.objective,
         hidden_size=args.hidden_size, n_blocks=args.n_blocks, n_heads=args.n_heads, cond_dim=args.cond_dim,
-        length=args.length, vocab=args.vocab, chain_seed=args.chain_seed, tokenizer=args.tokenizer,
+        length=args.length, vocab=args.vocab, chain_seed=args.chain_seed, hmm_states=args.hmm_states,
+        tokenizer=args.tokenizer,
         batch_size=args.batch_size, steps=args.steps, lr=args.lr, warmup=args.warmup, schedule=args.schedule,
         min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, grad_clip=args.grad_clip, ema=args.ema,
         eval_every=args.eval_every, val_size=args.val_size, checkpoint_every=args.checkpoint_every,
@@ -679,13 +698,17 @@ def _add_train_teacher(sub) -> None:
     from lsd_jax.train import config as tc  # no jax: the parser stays cheap to build
 
     d = tc.TrainConfig()
-    p = sub.add_parser("train-teacher", help="train a small SEDD DiT teacher (score entropy) on the "
-                       "synthetic Markov chain or the text corpus")
-    p.add_argument("--data", choices=tc.DATA, default=d.data)
+    p = sub.add_parser("train-teacher", help="train a small DiT teacher (SEDD score entropy or MDLM masked "
+                       "cross-entropy) on the synthetic Markov chain, the HMM or the text corpus")
+    p.add_argument("--data", choices=tc.DATA, default=d.data,
+                   help="markov: exact chain samples; hmm: exact HMM samples (the --teacher hmm model for the same "
+                        "--hmm-states, --vocab, --length, --chain-seed); text: the corpus")
     p.add_argument("--graph", choices=tc.GRAPHS, default=d.graph)
     p.add_argument("--noise", choices=tc.NOISES, default=None,
                    help="default: loglinear for absorb, geometric for uniform")
-    p.add_argument("--objective", choices=tc.OBJECTIVES, default=d.objective, help="training loss")
+    p.add_argument("--objective", choices=tc.OBJECTIVES, default=d.objective,
+                   help="score-entropy: SEDD (a sedd DiT: the concrete score); masked-ce: MDLM's weighted masked "
+                        "cross-entropy = masked discrete flow matching (an mdlm DiT: the posterior; absorb only)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
@@ -700,8 +723,9 @@ def _add_train_teacher(sub) -> None:
     p.add_argument("--n-heads", type=int, default=d.n_heads)
     p.add_argument("--cond-dim", type=int, default=d.cond_dim)
     p.add_argument("--length", type=int, default=d.length, help="sequence length (markov: chain length)")
-    p.add_argument("--vocab", type=int, default=d.vocab, help="markov: tokens of the chain")
-    p.add_argument("--chain-seed", type=int, default=d.chain_seed, help="markov: seed of the chain")
+    p.add_argument("--vocab", type=int, default=d.vocab, help="markov / hmm: tokens V")
+    p.add_argument("--chain-seed", type=int, default=d.chain_seed, help="markov / hmm: seed of the chain / HMM")
+    p.add_argument("--hmm-states", type=int, default=d.hmm_states, help="hmm: hidden states H")
     p.add_argument("--tokenizer", choices=tc.TOKENIZERS, default=d.tokenizer, help="text: tokenizer")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--val-size", type=int, default=d.val_size, help="validation sequences")
@@ -709,16 +733,71 @@ def _add_train_teacher(sub) -> None:
     p.add_argument("--final-repeats", type=int, default=d.final_repeats,
                    help="draws of (t, x_t) averaged for the final validation NELBO")
     p.add_argument("--seed", type=int, default=d.seed, help="init, data and noise seed")
-    p.add_argument("--out", required=True, help="output directory (model, chain.json, log, plot, state/)")
+    p.add_argument("--out", required=True, help="output directory (model, chain.json / hmm.json, log, plot, state/)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out/state")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated interruption
     p.set_defaults(func=cmd_train_teacher)
 
 
+def cmd_distill_student(args) -> int:
+    from lsd_jax.students import fit as fit_lib
+
+    d = fit_lib.Di4CConfig
+    cfg = d(nfe=args.nfe, teacher_nfe=args.teacher_nfe, lambdas=args.lambdas, batch_size=args.batch_size,
+            steps=args.steps, lr=args.lr, warmup=args.warmup, dit_lr_scale=args.dit_lr_scale, delta=args.delta,
+            distil_prob=args.distil_prob,
+            data_weight=args.data_weight, sampler=args.sampler, eps=args.eps, eval_every=args.eval_every,
+            eval_samples=args.eval_samples, checkpoint_every=args.checkpoint_every, seed=args.seed).validate()
+    try:
+        s = fit_lib.fit(args.checkpoint, cfg, args.out, resume=args.resume, progress=not args.no_progress,
+                        stop_at=args.stop_at)
+    except KeyboardInterrupt:
+        print("lsd-jax distill-student: interrupted; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    last = s["last_eval"] or {}
+    print(f"wrote {args.out} ({s['step']} steps, {s['train_wall_s']:.0f} s); sample with: lsd-jax sample "
+          f"--checkpoint {args.out} --nfe {cfg.nfe} --sampler {cfg.sampler}"
+          + "".join(f"; {k} {last[k]:.4f}" for k in ("bigram_kl", "nll", "unigram_entropy") if k in last))
+    return 0
+
+
+def _add_distill_student(sub) -> None:
+    from lsd_jax.students import METHODS
+
+    p = sub.add_parser("distill-student", help="distil a network teacher into a few-step student network "
+                       "(Di4C mixture student)")
+    p.add_argument("--method", choices=METHODS, default=METHODS[0])
+    p.add_argument("--checkpoint", required=True, help="network teacher directory (absorbing graph, with chain.json)")
+    p.add_argument("--nfe", type=int, default=8, help="student steps M")
+    p.add_argument("--teacher-nfe", type=int, default=256, help="teacher steps N over (0, 1]: N / M per student step")
+    p.add_argument("--lambdas", type=int, default=8, help="lambda draws per sequence (the mixture's Monte Carlo)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--dit-lr-scale", type=float, default=1.0,
+                   help="learning rate of the teacher's DiT weights / --lr (1: full fine-tuning; 0: only the lambda path)")
+    p.add_argument("--delta", type=float, default=0.02, help="distillation below this time")
+    p.add_argument("--distil-prob", type=float, default=0.3, help="share of sequences in the distillation branch")
+    p.add_argument("--data-weight", type=float, default=0.1, help="weight of the data correlation term")
+    p.add_argument("--sampler", choices=SOLVERS, default="tweedie",
+                   help="the teacher's small steps and the student's own")
+    p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-samples", type=int, default=256, help="student samples per progress evaluation")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output directory (student, history, plot, state/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out/state")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)  # tests: simulated interruption
+    p.set_defaults(func=cmd_distill_student)
+
+
 # Subcommands beyond `sample`: name -> function(subparsers).
 _EXTRA: dict[str, Callable] = {"distill": _add_distill, "convert": _add_convert, "tune": _add_tune,
-                               "train-teacher": _add_train_teacher}
+                               "train-teacher": _add_train_teacher, "distill-student": _add_distill_student}
 
 
 def _preflight(args) -> None:

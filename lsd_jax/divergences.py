@@ -75,12 +75,14 @@ def mmd(features_x: np.ndarray, features_y: np.ndarray, bandwidth: float | None 
 
 
 def exact_divergence(model) -> Callable[[np.ndarray], float]:
-    """Bigram KL of samples against the exact chain (models with `exact` metrics only)."""
+    """The exact model's headline divergence of samples (models with `exact` metrics only):
+    bigram KL against the chain, lag KL (mean lag-1/2/4/8 pair KL) against the HMM."""
     from lsd_jax.teachers.base import is_exact
 
     if not is_exact(model):
-        raise ValueError("divergence 'exact' needs an exact teacher (--teacher markov); use 'ngram'")
-    return lambda tokens: model.metrics(tokens)["bigram_kl"]
+        raise ValueError("divergence 'exact' needs an exact teacher (--teacher markov|hmm); use 'ngram'")
+    key = getattr(getattr(model, "oracle", None), "HEADLINE", "bigram_kl")  # HMM: lag KL
+    return lambda tokens: model.metrics(tokens)[key]
 
 
 def median_bandwidth(features: np.ndarray) -> float:

@@ -14,10 +14,13 @@ METHODS = ("lsd", "lsd+")  # distill: phi only, phi and the time grid
 LOSSES = ("kl", "token-kl", "l2")  # distill.position_loss
 SELECT = ("auto", "exact", "ngram", "none")  # distill: model selection divergence
 DIVERGENCES = ("exact", "ngram", "mmd")  # divergences.make_divergence
-TEACHERS = ("markov",)  # built-in teachers by name (the CLI's --teacher); networks: --checkpoint DIR
+TEACHERS = ("markov", "hmm")  # built-in exact teachers by name (the CLI's --teacher); networks: --checkpoint DIR
+# their sizes when the CLI does not name them (lsd_jax.teachers.markov_teacher / hmm_teacher)
+TEACHER_DEFAULTS = {"markov": {"vocab": 16, "length": 32}, "hmm": {"states": 16, "vocab": 32, "length": 32}}
 FAMILIES = ("sedd", "mdlm", "radd")  # models.dit
 DTYPES = ("float32", "bfloat16")  # models.dit parameter / compute dtypes
 
 # Files beside a network checkpoint, written by train-teacher and read by teachers.checkpoint:
 CHAIN_FILE = "chain.json"  # the Markov chain a network was trained on (exact metrics apply)
+HMM_FILE = "hmm.json"  # the HMM a network was trained on (exact metrics apply)
 TOKENIZER_FILE = "tokenizer.json"  # text teachers: {"tokenizer": name for get_tokenizer, "seq_len"}

@@ -98,11 +98,6 @@ def _phi_ok(phi_k: Array, reading: str) -> Array:
     return jnp.isfinite(phi_k) & ((phi_k > 0) if reading == "linear" else True)
 
 
-def _shaped(score: Array, x: Array, graph: Graph) -> Array:
-    """The score [B, L, dim] of x [B, L]; checked when the loop is traced (no run-time cost)."""
-    return validate.score_shape(score, tuple(x.shape) + (graph.dim,), f"graph {graph.name}, dim {graph.dim}")
-
-
 @functools.partial(
     jax.jit,
     static_argnames=("graph", "noise", "solver", "drawer", "reading", "denoise", "return_path", "return_reveal",
@@ -123,7 +118,7 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
     def body(k, carry):
         x, state, path, reveal, bad = carry
         t, t_next, phi_k = grid[k], grid[k + 1], phi[k]
-        score = lambda xx, sb: apply_phi(xx, _shaped(score_fn(xx, sb), xx, graph), phi_k, reading)  # noqa: E731
+        score = lambda xx, sb: apply_phi(xx, score_fn(xx, sb), phi_k, reading)  # noqa: E731
         model = StepModel(score, graph, noise, drawer)
         out = solver.step(model, x, jnp.full((bsz,), t), jnp.full((bsz,), t_next), jax.random.fold_in(key, k), state)
         x_new = pin(out.x)
@@ -143,7 +138,7 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
     x_out = x_last
     if denoise:
         sb = noise.total(jnp.full((bsz,), grid[-1]))
-        ls = _shaped(score_fn(x_last, sb), x_last, graph)
+        ls = score_fn(x_last, sb)
         x_out = pin(drawer(jax.random.fold_in(key, n), denoise_kernel(graph, x_last, ls, sb),
                            DrawContext(x_last, ls, jnp.full((bsz,), grid[-1]), jnp.zeros((bsz,), grid.dtype)),
                            graph, noise))

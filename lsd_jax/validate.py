@@ -237,14 +237,6 @@ def tokens(x, num_tokens: int, length: Optional[int], what: str, batch: Optional
     return a
 
 
-def score_shape(score, want: tuple, what: str):
-    """`score` unchanged if its shape is `want` (checked on abstract values too: at trace time)."""
-    if tuple(score.shape) != tuple(want):
-        raise InputError(f"the score function returns shape {list(score.shape)}, but {what} needs "
-                         f"{list(want)} (x [B, L] -> log score [B, L, dim])")
-    return score
-
-
 def is_concrete(x) -> bool:
     import jax
 
@@ -265,31 +257,25 @@ def phi(p, reading: str = "linear", where: str = "phi") -> None:
 
 
 def probe_score(teacher, times: Iterable[float] = (1.0, 0.5, 1e-3), batch: int = 2, what: str = "teacher") -> None:
-    """One small call of the score function per time on limit-state (and half-revealed)
-    inputs: its shape must be [B, L, dim] and every value finite (log scores may be -inf
-    where a rate is exactly 0, never NaN or +inf). Catches a NaN network or one of the
-    wrong width before any work; costs len(times) calls on `batch` sequences."""
+    """The score function's shape (`teachers.base.check_score_fn`), then one small call per
+    time on the limit state: every value finite (log scores may be -inf where a rate is
+    exactly 0, never NaN or +inf). Catches a NaN network or one of the wrong width before
+    any work; costs len(times) calls on `batch` sequences."""
     import jax
     import jax.numpy as jnp
 
+    from lsd_jax.teachers.base import check_score_fn
+
     g, n, length = teacher.graph, teacher.noise, teacher.length
+    check_score_fn(teacher.score_fn, g, length)  # its shape (a ValueError naming the function)
     x = g.sample_limit(jax.random.PRNGKey(0), (batch, length))
-    want = (batch, length, g.dim)
     for t in times:
         sb = n.total(jnp.full((batch,), t, jnp.float32))
-        try:
-            out = jax.eval_shape(teacher.score_fn, x, sb)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"{what} score function fails on x [{batch}, {length}] int32, sigmabar [{batch}]: "
-                             f"{str(e).splitlines()[0]}") from None
-        if tuple(out.shape) != want:
-            raise InputError(f"{what} score function returns shape {list(out.shape)}; the graph "
-                             f"({g.name}, dim {g.dim}) and length {length} need {list(want)}")
         s = np.asarray(teacher.score_fn(x, sb), np.float64)
         bad = np.isnan(s) | np.isposinf(s)
         if bad.any():
             raise NonFiniteInput(f"{what} score is non-finite ({int(bad.sum())} of {s.size} NaN or +inf) at "
-                                     f"t = {t} on the limit state: the network or its weights are broken")
+                                 f"t = {t} on the limit state: the network or its weights are broken")
 
 
 # ------------------------------------------------------------------ CLI combinations

@@ -244,8 +244,8 @@ def test_multihost_cli_distill_checkpoints_and_resumes(two_hosts):
     assert all(o["cli_distill"] == [0, 0] for o in outs)
     dd = os.path.join(out_dir, "distill")
     hist = json.loads(open(os.path.join(dd, "history.json")).read())
-    assert [h["epoch"] for h in hist] == [1, 2, 3]
-    assert all(np.isfinite(h["loss"]) for h in hist)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]  # history[e] is epoch e
+    assert all(np.isfinite(h["loss"]) for h in hist[1:])
     ckpts = sorted(os.listdir(os.path.join(dd, "checkpoints")))
     assert ckpts == ["epoch_0002", "epoch_0002.history.json", "epoch_0003", "epoch_0003.history.json"]
     saved = json.loads(open(os.path.join(dd, "checkpoints", "epoch_0003.history.json")).read())

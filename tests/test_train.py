@@ -143,7 +143,7 @@ def test_output_directory_loads_and_samples(uninterrupted):
 
 
 @pytest.mark.parametrize("changes,fields", [
-    (dict(data="images"), ["data", "markov, text"]),
+    (dict(data="images"), ["data", "markov, hmm, text"]),
     (dict(graph="masked"), ["graph", "absorb, uniform"]),
     (dict(noise="cosine"), ["noise", "loglinear, geometric"]),
     (dict(schedule="linear"), ["schedule", "cosine, constant"]),

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -422,7 +422,9 @@ class DiT(nn.Module):
     config: DiTConfig
 
     @nn.compact
-    def __call__(self, x: Array, sigmabar: Array) -> Array:
+    def __call__(self, x: Array, sigmabar: Array, cond_offset: Optional[Array] = None) -> Array:
+        """cond_offset [B, C]: added to the conditioning vector (e.g. a mixture student's
+        latent, `lsd_jax.students.di4c`); None leaves the network as published."""
         cfg = self.config
         h = VocabEmbed(cfg.vocab_size, cfg.hidden_size, name="vocab_embed")(x)  # [B, L, D] float32
         sigmabar = jnp.asarray(sigmabar, jnp.float32)
@@ -430,6 +432,10 @@ class DiT(nn.Module):
         if cfg.family != "radd":
             t = sigmabar if cfg.time_conditioning else jnp.zeros_like(sigmabar)
             c = nn.silu(TimestepEmbedder(cfg.cond_dim, name="sigma_map")(t))  # [B, C]
+        if cond_offset is not None:
+            if c is None:
+                raise ValueError("cond_offset needs a conditioned network; family 'radd' has no conditioning vector")
+            c = c + cond_offset
         cos, sin = rotary_cos_sin(x.shape[1], cfg.head_dim)
         for i in range(cfg.n_blocks):
             h = DiTBlock(cfg, name=f"blocks_{i}")(h, cos, sin, c)

@@ -9,9 +9,11 @@ import sys
 import numpy as np
 
 from lsd_jax.teachers import Teacher, letter_decoder
+from lsd_jax.teachers.hmm import HMM
 from lsd_jax.teachers.markov import MarkovChain
-# written by train-teacher: chain.json (networks trained on a Markov chain), tokenizer.json (text teachers)
-from lsd_jax.names import CHAIN_FILE, TOKENIZER_FILE
+# written by train-teacher: chain.json / hmm.json (networks trained on a Markov chain / an HMM),
+# tokenizer.json (text teachers)
+from lsd_jax.names import CHAIN_FILE, HMM_FILE, TOKENIZER_FILE
 
 GPT2_TOKENS = 50257
 
@@ -42,9 +44,16 @@ def _named_decoder(tok_file: str, num_tokens: int):
 
 
 def load_teacher(path: str, dtype=None) -> Teacher:
-    """Loads the checkpoint, builds its graph and noise, wraps the model as a score function."""
+    """Loads the checkpoint, builds its graph and noise, wraps the model as a score function.
+    A student directory (`lsd-jax distill-student`) loads as its student."""
     from lsd_jax.models.dit import score_fn_from
+    from lsd_jax.students import STUDENT_FILE
     from ports import sedd
+
+    if os.path.isfile(os.path.join(path, STUDENT_FILE)):
+        from lsd_jax.students.di4c import load_student
+
+        return load_student(path)
 
     model, params, cfg = sedd.load(path, dtype)
     graph, noise = sedd.build_core(cfg)
@@ -53,17 +62,19 @@ def load_teacher(path: str, dtype=None) -> Teacher:
     if os.path.exists(tok_file):  # a text teacher trained in the project: its own tokenizer
         decode = _named_decoder(tok_file, graph.num_tokens)
     name = f"{cfg.family}-{cfg.graph}:{os.path.basename(os.path.normpath(path))}"
-    chain = None
-    chain_file = os.path.join(path, CHAIN_FILE)
-    if os.path.exists(chain_file):  # a network trained on the synthetic chain: exact metrics apply
-        with open(chain_file) as f:
-            chain = MarkovChain.from_dict(json.load(f))
-        if chain.num_tokens != graph.num_tokens or chain.length != cfg.length:
-            raise ValueError(f"{chain_file}: chain V={chain.num_tokens}, L={chain.length} does not match the "
-                             f"checkpoint's V={graph.num_tokens}, L={cfg.length}")
-        decode = letter_decoder(chain.num_tokens)
-    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, chain, decode,
-                   _pooled_features(model, params, noise))
+    exact = {}  # a network trained on the synthetic chain / HMM: exact metrics apply
+    for field, fname, cls in (("chain", CHAIN_FILE, MarkovChain), ("hmm", HMM_FILE, HMM)):
+        file = os.path.join(path, fname)
+        if os.path.exists(file):
+            with open(file) as f:
+                oracle = cls.from_dict(json.load(f))
+            if oracle.num_tokens != graph.num_tokens or oracle.length != cfg.length:
+                raise ValueError(f"{file}: V={oracle.num_tokens}, L={oracle.length} does not match the "
+                                 f"checkpoint's V={graph.num_tokens}, L={cfg.length}")
+            exact[field] = oracle
+            decode = letter_decoder(oracle.num_tokens)
+    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, decode=decode,
+                   features=_pooled_features(model, params, noise), **exact)
 
 
 def _pooled_features(model, params, noise, t: float = 1e-4, chunk: int = 256):

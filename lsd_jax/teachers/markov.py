@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ class MarkovChain:
     init: np.ndarray
     trans: np.ndarray
     length: int
+    HEADLINE: ClassVar[str] = "bigram_kl"  # the key of `evaluate` that tuning and selection minimise
 
     @property
     def num_tokens(self) -> int:
@@ -95,6 +97,10 @@ class MarkovChain:
         lp = np.log(self.init)[xc[:, 0]] + np.log(self.trans)[xc[:, :-1], xc[:, 1:]].sum(1)
         return np.where(bad.any(1), -np.inf, lp)
 
+    def evaluate(self, tokens) -> dict:
+        """Exact metrics of samples [B, L] (module function `evaluate`)."""
+        return evaluate(self, tokens)
+
     # --- the exact score --------------------------------------------------------------
     def log_score(self, graph: Graph, x: Array, sigmabar: Array) -> Array:
         """Exact log concrete score [B, L, graph.dim] for x [B, L], sigmabar [B]."""
@@ -109,12 +115,15 @@ class MarkovChain:
 
 
 @functools.lru_cache(maxsize=64)
-def _score_fn_cache(chain: MarkovChain, graph: Graph):
-    if graph.num_tokens != chain.num_tokens:
-        raise ValueError(f"graph.num_tokens = {graph.num_tokens} but the chain has V = {chain.num_tokens}")
+def _score_fn_cache(model, graph: Graph):
+    """The score function of an exact model (MarkovChain, HMM: anything with num_tokens and
+    log_score) on `graph`, one object per (model, graph)."""
+    if graph.num_tokens != model.num_tokens:
+        raise ValueError(f"graph.num_tokens = {graph.num_tokens} but the {type(model).__name__} has "
+                         f"V = {model.num_tokens}")
 
     def score_fn(x, sigmabar):
-        return chain.log_score(graph, x, sigmabar)
+        return model.log_score(graph, x, sigmabar)
 
     return score_fn
 
@@ -148,21 +157,33 @@ def _posterior(init: Array, trans: Array, emis: Array) -> Array:
 def _exact_log_score(init: Array, trans: Array, graph: Graph, x: Array, sigmabar: Array) -> Array:
     v = init.shape[0]
     dt = init.dtype
-    tiny = jnp.finfo(dt).tiny
     sb = sigmabar.astype(dt)[:, None, None]  # [B, 1, 1]
     is_x = is_token(x, v)  # [B, L, V] (mask id never matches)
     if graph.is_absorbing:
+        emis = jnp.where((x == graph.mask_id)[..., None], 1.0, is_x.astype(dt))
+    else:
+        stay = jnp.exp(-sb)
+        emis = jnp.where(is_x, stay, 0.0) + (1.0 - stay) / v
+    return log_score_from_posterior(graph, x, sb, _posterior(init, trans, emis))
+
+
+def log_score_from_posterior(graph: Graph, x: Array, sb: Array, w: Array) -> Array:
+    """Concrete log score [B, L, graph.dim] from the leave-one-out posteriors
+    w [B, L, V] = P(x_0^i | x_t^{-i}) of the clean tokens (the module docstring's formulas;
+    shared with the HMM teacher); x [B, L], sb [B, 1, 1]."""
+    v = w.shape[-1]
+    dt = w.dtype
+    tiny = jnp.finfo(dt).tiny
+    is_x = is_token(x, v)  # [B, L, V] (mask id never matches)
+    if graph.is_absorbing:
         masked = (x == graph.mask_id)[..., None]
-        emis = jnp.where(masked, 1.0, is_x.astype(dt))
-        logw = jnp.log(jnp.maximum(_posterior(init, trans, emis), tiny))
+        logw = jnp.log(jnp.maximum(w, tiny))
         log_e = jnp.log(expm1_stable(sb))
         logw_c = jnp.sum(jnp.where(is_x, logw, 0.0), -1, keepdims=True)
         data = jnp.where(masked, logw - log_e, logw - logw_c)
         mask_col = jnp.where(masked, 0.0, log_e - logw_c)
         return jnp.concatenate([data, mask_col], -1)
     stay = jnp.exp(-sb)
-    emis = jnp.where(is_x, stay, 0.0) + (1.0 - stay) / v
-    w = _posterior(init, trans, emis)
     logm = jnp.log(jnp.maximum(stay * w + (-jnp.expm1(-sb)) / v, tiny))
     return logm - jnp.sum(jnp.where(is_x, logm, 0.0), -1, keepdims=True)
 

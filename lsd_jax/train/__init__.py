@@ -1,9 +1,9 @@
-"""Teacher training: a small SEDD DiT fitted with the denoising score-entropy loss.
+"""Teacher training: a small DiT fitted with SEDD's score entropy or MDLM's masked cross-entropy.
 
 Modules, one idea each:
     config     TrainConfig (+ validation), file names, the reproducing command (no jax)
-    objective  the training losses (OBJECTIVES: score entropy) and the validation NELBO
-    data       batches: exact Markov-chain samples or packed corpus rows
+    objective  the training losses (OBJECTIVES: score entropy, masked CE) and the validation NELBO
+    data       batches: exact Markov-chain / HMM samples or packed corpus rows
     loop       optimiser, EMA, jitted step, evaluation, orbax resume, export: `train`
     plots      the validation curve
 The `lsd-jax train-teacher` flags live in `lsd_jax.cli`.
@@ -12,6 +12,7 @@ Output directory (`train(cfg, out_dir)` / `lsd-jax train-teacher --out DIR`):
     lsd_config.json, params/   the EMA model, loadable by `ports.sedd.load(DIR)` (and so by
                                `lsd-jax sample --checkpoint DIR`, `load_teacher(DIR)`)
     chain.json                 markov data only: `MarkovChain.to_dict()` of the data chain
+    hmm.json                   hmm data only: `HMM.to_dict()` of the data HMM
     tokenizer.json             text data only: {"tokenizer": name (get_tokenizer), "seq_len"}
     train_config.json          the TrainConfig (checked on --resume)
     train_log.json             history (train loss, validation NELBO per token, nats and
@@ -32,14 +33,14 @@ import importlib
 from typing import Any
 
 from lsd_jax.train.config import (
-    CHAIN_FILE, CONFIG_FILE, DATA, DEFAULT_NOISE, GRAPHS, LOG_FILE, NOISES, OBJECTIVES, PLOT_FILE,
+    CHAIN_FILE, CONFIG_FILE, DATA, DEFAULT_NOISE, GRAPHS, HMM_FILE, LOG_FILE, NOISES, OBJECTIVES, PLOT_FILE,
     RESUME_MAY_CHANGE, SCHEDULES, STATE_DIR, TOKENIZER_FILE, TOKENIZERS, VAL_KEY, TrainConfig, command_for,
 )
 
 _LAZY = {
-    "objective": ("score_entropy_loss", "get_objective", "stratified_times", "prior_kl", "ESTIMATORS",
+    "objective": ("score_entropy_loss", "masked_ce_loss", "get_objective", "stratified_times", "prior_kl", "ESTIMATORS",
                   "default_estimator", "masked_count_draw", "nelbo_chunk", "nelbo", "Loss"),
-    "data": ("MarkovData", "TextData", "make_data"),
+    "data": ("ExactData", "TextData", "make_data"),
     "loop": ("build_graph_noise", "dit_config", "lr_schedule", "make_optimizer", "ema_decay", "export", "train"),
     "plots": ("plot_curve",),
 }
@@ -60,7 +61,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "CHAIN_FILE", "CONFIG_FILE", "DATA", "DEFAULT_NOISE", "GRAPHS", "LOG_FILE", "NOISES", "OBJECTIVES", "PLOT_FILE",
+    "CHAIN_FILE", "CONFIG_FILE", "DATA", "HMM_FILE", "DEFAULT_NOISE",
+    "GRAPHS", "LOG_FILE", "NOISES", "OBJECTIVES", "PLOT_FILE",
     "RESUME_MAY_CHANGE", "SCHEDULES", "STATE_DIR", "TOKENIZER_FILE", "TOKENIZERS", "VAL_KEY", "TrainConfig",
     "command_for", *_WHERE,
 ]

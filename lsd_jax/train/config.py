@@ -11,14 +11,15 @@ from typing import Optional
 
 import numpy as np
 
-from lsd_jax.names import CHAIN_FILE, DEFAULT_NOISE, GRAPHS, NOISES, TOKENIZER_FILE  # noqa: F401 - re-exported
+from lsd_jax.names import CHAIN_FILE, DEFAULT_NOISE, GRAPHS, HMM_FILE, NOISES, TOKENIZER_FILE  # noqa: F401 - re-exported
 
-DATA = ("markov", "text")
+DATA = ("markov", "hmm", "text")
 SCHEDULES = ("cosine", "constant")
 TOKENIZERS = ("char", "text8", "gpt2")
 # Training objectives; `lsd_jax.train.objective.OBJECTIVES` maps each name to its loss.
-# A new objective (e.g. "masked-ce") is added there and named here.
-OBJECTIVES = ("score-entropy",)
+# score-entropy: SEDD (a "sedd" DiT, the concrete score); masked-ce: MDLM's weighted masked
+# cross-entropy (an "mdlm" DiT, the posterior; absorbing graph only).
+OBJECTIVES = ("score-entropy", "masked-ce")
 VAL_KEY = 20240601  # the validation set and its noise do not depend on the training seed
 CONFIG_FILE = "train_config.json"
 LOG_FILE = "train_log.json"
@@ -33,11 +34,14 @@ RESUME_MAY_CHANGE = ("steps", "eval_every", "checkpoint_every", "final_repeats")
 class TrainConfig:
     """Everything that determines a training run (hashable: the jitted step is cached on it).
 
-    data: "markov" (exact chain samples; vocab, chain_seed, length) or "text" (corpus rows
-    of `tokenizer`, seq_len = length). graph: absorb | uniform; noise: loglinear |
+    data: "markov" (exact chain samples; vocab, chain_seed, length), "hmm" (exact HMM
+    samples; hmm_states, vocab, chain_seed as the HMM's seed, length) or "text" (corpus
+    rows of `tokenizer`, seq_len = length). graph: absorb | uniform; noise: loglinear |
     geometric (None: loglinear for absorb, geometric for uniform, as SEDD).
-    scale_by_sigma: None = on for absorb (SEDD), off for uniform (not allowed there).
-    objective: one of OBJECTIVES (the training loss; validation is always the NELBO).
+    scale_by_sigma: None = on for absorb with score-entropy (SEDD), off otherwise (not
+    allowed for uniform or masked-ce).
+    objective: one of OBJECTIVES (the training loss and the model's parametrisation:
+    score-entropy -> "sedd" DiT, masked-ce -> "mdlm" DiT; validation is always the NELBO).
     """
 
     data: str = "markov"
@@ -54,6 +58,8 @@ class TrainConfig:
     # markov data (defaults = lsd_jax.teachers.markov_teacher())
     vocab: int = 16
     chain_seed: int = 0
+    # hmm data (lsd_jax.teachers.hmm_teacher() is hmm_states 16, vocab 32, length 32)
+    hmm_states: int = 16
     # text data
     tokenizer: str = "char"
     # optimisation
@@ -82,7 +88,14 @@ class TrainConfig:
 
     @property
     def use_scale_by_sigma(self) -> bool:
-        return self.graph == "absorb" if self.scale_by_sigma is None else bool(self.scale_by_sigma)
+        if self.scale_by_sigma is None:
+            return self.graph == "absorb" and self.objective == "score-entropy"
+        return bool(self.scale_by_sigma)
+
+    @property
+    def family(self) -> str:
+        """The DiT family of the objective's parametrisation (`lsd_jax.models.dit`)."""
+        return "mdlm" if self.objective == "masked-ce" else "sedd"
 
     def problems(self) -> list[str]:
         """One message per bad field, naming it and its allowed values."""
@@ -118,7 +131,7 @@ class TrainConfig:
         for name, lo in (("hidden_size", 2), ("n_blocks", 1), ("n_heads", 1), ("cond_dim", 1), ("length", 2),
                          ("vocab", 2), ("batch_size", 1), ("steps", 1), ("warmup", 0), ("eval_every", 1),
                          ("val_size", 1), ("eval_batch", 1), ("checkpoint_every", 1), ("final_repeats", 1),
-                         ("chain_seed", 0),
+                         ("chain_seed", 0), ("hmm_states", 2),
                          ("seed", 0)):
             integer(name, lo)
         real("lr", 0.0, math.inf, lo_open=True, hi_open=True)
@@ -136,6 +149,11 @@ class TrainConfig:
         if self.scale_by_sigma and self.graph == "uniform":
             p.append("scale_by_sigma = True is not supported with graph = 'uniform'; allowed: False or None "
                      "(SEDD defines it for the absorbing graph only)")
+        if self.objective == "masked-ce" and self.graph != "absorb":
+            p.append(f"objective = 'masked-ce' is not supported with graph = {self.graph!r}; allowed: absorb "
+                     "(the masked posterior needs the absorbing graph)")
+        if self.scale_by_sigma and self.objective == "masked-ce":
+            p.append("scale_by_sigma = True is not supported with objective = 'masked-ce'; allowed: False or None")
         if self.scale_by_sigma not in (None, True, False):
             p.append(f"scale_by_sigma = {self.scale_by_sigma!r} must be True, False or None")
         return p
@@ -165,7 +183,8 @@ def command_for(cfg: TrainConfig, out_dir: str) -> str:
         v = getattr(cfg, f.name)
         if f.name in ("eval_batch", "sampling_eps", "scale_by_sigma") or v is None:
             continue  # not CLI flags (defaults)
-        if f.name == "tokenizer" and cfg.data != "text" or f.name in ("vocab", "chain_seed") and cfg.data != "markov":
+        if (f.name == "tokenizer" and cfg.data != "text" or f.name in ("vocab", "chain_seed") and cfg.data == "text"
+                or f.name == "hmm_states" and cfg.data != "hmm"):
             continue
         if f.name == "objective" and v == OBJECTIVES[0]:
             continue  # the default; runs from before the field existed print the same command

@@ -1,14 +1,15 @@
-"""Training batches and the validation set: exact Markov-chain samples or corpus rows.
+"""Training batches and the validation set: exact synthetic samples or corpus rows.
 
-"markov" draws fresh exact chain samples every step (infinite data; the chain of
-`lsd_jax.teachers.markov_teacher()` by default) and holds out a fixed validation set of
-`val_size` chain samples drawn from a key independent of the training seed; "text" draws
-random rows of the packed training split of `lsd_jax.data.corpus` and validates on
-`val_size` evenly spaced rows of its validation split.
+"markov" / "hmm" draw fresh exact samples of the synthetic model every step (infinite
+data; the chain of `lsd_jax.teachers.markov_teacher()` or the HMM of `hmm_teacher()` for
+the same sizes and seed) and hold out a fixed validation set of `val_size` samples drawn
+from a key independent of the training seed; "text" draws random rows of the packed
+training split of `lsd_jax.data.corpus` and validates on `val_size` evenly spaced rows of
+its validation split.
 
-Both expose: num_tokens, decode, chain (or None), source (the array passed into the
-jitted step, or None), batch(source, key, n) -> x0 [n, L] int32, validation(cfg) ->
-[val_size, L], describe() -> dict.
+Both expose: num_tokens, decode, oracle (the exact MarkovChain / HMM, or None), source
+(the array passed into the jitted step, or None), batch(source, key, n) -> x0 [n, L]
+int32, validation(cfg) -> [val_size, L], describe() -> dict.
 """
 
 from __future__ import annotations
@@ -20,17 +21,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsd_jax.data.corpus import load_corpus
-from lsd_jax.teachers import markov
-from lsd_jax.train.config import VAL_KEY, TrainConfig
+from lsd_jax.teachers import hmm, markov
+from lsd_jax.train.config import CHAIN_FILE, HMM_FILE, VAL_KEY, TrainConfig
 
 Array = Any  # a jax array
 
 
-class MarkovData:
-    """Fresh exact samples of a chain each step; a fixed validation set."""
+class ExactData:
+    """Fresh exact samples of the Markov chain or HMM each step; a fixed validation set."""
 
     def __init__(self, cfg: TrainConfig):
-        self.chain = markov.make_chain(cfg.vocab, cfg.length, seed=cfg.chain_seed)
+        if cfg.data == "hmm":
+            self.oracle = hmm.make_hmm(cfg.hmm_states, cfg.vocab, cfg.length, seed=cfg.chain_seed)
+            self.file = HMM_FILE  # where export writes oracle.to_dict()
+        else:
+            self.oracle = markov.make_chain(cfg.vocab, cfg.length, seed=cfg.chain_seed)
+            self.file = CHAIN_FILE
+        self.kind = cfg.data
         self.num_tokens = cfg.vocab
         self.decode = None
         self.source: Any = None  # nothing to pass into the jitted step
@@ -38,17 +45,20 @@ class MarkovData:
 
     def batch(self, source, key: Array, n: int) -> Array:
         del source
-        return self.chain.sample(key, n)
+        return self.oracle.sample(key, n)
 
     def validation(self, cfg: TrainConfig) -> np.ndarray:
         if self._val is None or self._val.shape[0] != cfg.val_size:
             key = jax.random.fold_in(jax.random.PRNGKey(VAL_KEY), cfg.chain_seed)
-            self._val = np.asarray(jax.jit(self.chain.sample, static_argnums=1)(key, cfg.val_size))
+            self._val = np.asarray(jax.jit(self.oracle.sample, static_argnums=1)(key, cfg.val_size))
         return self._val
 
     def describe(self) -> dict:
-        return {"kind": "markov", "vocab": self.num_tokens, "length": self.chain.length,
-                "entropy_rate": self.chain.entropy_rate()}
+        out = {"kind": self.kind, "vocab": self.num_tokens, "length": self.oracle.length,
+               "entropy_rate": self.oracle.entropy_rate()}
+        if self.kind == "hmm":
+            out.update(states=self.oracle.num_states, entropy_rate_se=self.oracle.entropy_rate_se())
+        return out
 
 
 class TextData:
@@ -60,7 +70,7 @@ class TextData:
         self.num_tokens = int(corpus.tokenizer.vocab_size)
         self.decode = corpus.tokenizer.decode
         self.source = jnp.asarray(corpus.train, jnp.int32)
-        self.chain = None
+        self.oracle = None
 
     def batch(self, source, key: Array, n: int) -> Array:
         idx = jax.random.randint(key, (n,), 0, source.shape[0])
@@ -79,5 +89,5 @@ class TextData:
                 "validation_rows": int(self.corpus.validation.shape[0])}
 
 
-def make_data(cfg: TrainConfig) -> Union[MarkovData, TextData]:
-    return MarkovData(cfg) if cfg.data == "markov" else TextData(cfg)
+def make_data(cfg: TrainConfig) -> Union[ExactData, TextData]:
+    return TextData(cfg) if cfg.data == "text" else ExactData(cfg)

@@ -33,7 +33,7 @@ from lsd_jax import runs, validate
 from lsd_jax._compat import optax_update
 from lsd_jax.models.dit import DiT, DiTConfig, init_params, score_fn_from
 from lsd_jax.train.config import (
-    CHAIN_FILE, CONFIG_FILE, LOG_FILE, PLOT_FILE, RESUME_MAY_CHANGE, STATE_DIR, TOKENIZER_FILE, VAL_KEY,
+    CONFIG_FILE, LOG_FILE, PLOT_FILE, RESUME_MAY_CHANGE, STATE_DIR, TOKENIZER_FILE, VAL_KEY,
     TrainConfig, command_for,
 )
 from lsd_jax.train.data import make_data
@@ -55,7 +55,7 @@ def dit_config(cfg: TrainConfig, num_tokens: int) -> DiTConfig:
     return DiTConfig(
         vocab_size=num_tokens + (cfg.graph == "absorb"), hidden_size=cfg.hidden_size, cond_dim=cfg.cond_dim,
         n_blocks=cfg.n_blocks, n_heads=cfg.n_heads, length=cfg.length, scale_by_sigma=cfg.use_scale_by_sigma,
-        family="sedd", graph=cfg.graph,
+        family=cfg.family, graph=cfg.graph,
     )
 
 
@@ -98,9 +98,9 @@ class _Run:
         self.loss = get_objective(cfg.objective)
         self.step = jax.jit(self._step, donate_argnums=(0,))
         self.init_state = jax.jit(self._init_state)
-        self.exact_score = None  # the chain's exact score (markov data): the estimator's floor
-        if getattr(data, "chain", None) is not None:
-            self.exact_score = jax.tree_util.Partial(data.chain.score_fn(self.graph))
+        self.exact_score = None  # the exact model's score (markov / hmm data): the estimator's floor
+        if getattr(data, "oracle", None) is not None:
+            self.exact_score = jax.tree_util.Partial(data.oracle.score_fn(self.graph))
 
     def score_fn(self, params):
         """The model's log-score function as a pytree (params are leaves: no recompilation)."""
@@ -116,7 +116,9 @@ class _Run:
                 "ema": jax.tree_util.tree_map(jnp.copy, params), "opt_state": self.tx.init(params)}
 
     def log_score_fn(self, params):
-        return lambda x, sigma: self.model.apply({"params": params}, x, sigma)
+        """The log concrete score of `params` (the seam every objective sees; mdlm: from the
+        posterior, as `score_fn_from`)."""
+        return score_fn_from(self.model, params, self.dit)
 
     def _step(self, state: dict, source) -> tuple[dict, dict]:
         cfg = self.cfg
@@ -164,15 +166,15 @@ def _restore_state(mngr: runs.Checkpoints, like: dict) -> tuple[dict, list]:
 
 
 def export(out_dir: str, run: _Run, params: Any) -> None:
-    """Writes the model (EMA params) as a converted SEDD directory (+ chain.json)."""
-    cfg = sedd.CheckpointConfig("sedd", run.dit.graph, run.dit.num_tokens, run.dit.length,
+    """Writes the model (EMA params) as a converted directory (+ chain.json / hmm.json)."""
+    cfg = sedd.CheckpointConfig(run.dit.family, run.dit.graph, run.dit.num_tokens, run.dit.length,
                                 run.noise.to_dict(), run.dit, source="lsd-jax train-teacher")
     params_dir = os.path.join(out_dir, sedd.PARAMS_DIR)
     if os.path.exists(params_dir):
         shutil.rmtree(params_dir)
     sedd.save_converted(out_dir, jax.device_get(params), cfg)
-    if run.data.chain is not None:
-        runs.write_json(os.path.join(out_dir, CHAIN_FILE), run.data.chain.to_dict(), indent=None)
+    if run.data.oracle is not None:
+        runs.write_json(os.path.join(out_dir, run.data.file), run.data.oracle.to_dict(), indent=None)
     else:
         runs.write_json(os.path.join(out_dir, TOKENIZER_FILE), {"tokenizer": run.cfg.tokenizer,
                                                                 "seq_len": run.cfg.length}, indent=None)
@@ -254,7 +256,7 @@ def _train(
         f"cond={cfg.cond_dim} ({n_params:,} params); batch {cfg.batch_size} x L {cfg.length}, "
         f"{cfg.steps} steps; {_device()['platform']}")
     if exact_ref is not None:
-        log(f"data entropy rate {run.data.chain.entropy_rate():.4f} nats/token; validation NELBO of the exact "
+        log(f"data entropy rate {run.data.oracle.entropy_rate():.4f} nats/token; validation NELBO of the exact "
             f"score {exact_ref:.4f} (the estimator's floor)")
 
     end = cfg.steps if stop_at is None else min(cfg.steps, stop_at)
@@ -326,10 +328,10 @@ def _train(
     }
     if finished and history:
         summary.update(_final_eval(run, cfg, state, x_val, val_key, log))
-    if cfg.data == "markov":
-        h = run.data.chain.entropy_rate()
+    if run.data.oracle is not None:
+        h = run.data.oracle.entropy_rate()
         summary.update(entropy_rate=h, entropy_rate_bits=h / math.log(2.0),
-                       val_data_nll=float(-run.data.chain.log_prob(x_val).mean() / cfg.length))
+                       val_data_nll=float(-run.data.oracle.log_prob(x_val).mean() / cfg.length))
         if summary["val_nelbo"] is not None:
             summary["val_nelbo_over_entropy_rate"] = summary["val_nelbo"] / h
     else:

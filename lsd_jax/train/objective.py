@@ -15,7 +15,8 @@ NLL + prior; uniform with the geometric schedule: it bounds -log of the data smo
 by sigmabar(0) = sigma_min, equal in expectation but not per rare sequence).
 
 Objectives (`OBJECTIVES`, named in `config.OBJECTIVES`): each is a `Loss`, a function
-(log_score_fn, graph, noise, key, x0 [B, L], *, sampling_eps) -> per-sequence loss [B].
+(log_score_fn, graph, noise, key, x0 [B, L], *, sampling_eps) -> per-sequence loss [B]:
+"score-entropy" (SEDD, above) and "masked-ce" (MDLM, `masked_ce_loss`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsd_jax.graphs import expm1_stable
 from lsd_jax.train import config as config_lib
 
 Array = Any  # a jax array
@@ -54,20 +56,53 @@ def score_entropy_loss(
     log_score_fn(x_t [B, L], sigmabar [B]) -> log concrete score [B, L, dim]; t [B]
     defaults to U(sampling_eps, 1) draws (SEDD's). Divide by L for a per-token value.
     """
-    k_t, k_x = jax.random.split(key)
-    if t is None:
-        t = (1.0 - sampling_eps) * jax.random.uniform(k_t, (x0.shape[0],)) + sampling_eps
-    sigma = noise.total(t)
-    x_t = graph.sample_transition(k_x, x0, sigma)
+    t, sigma, x_t = noised(graph, noise, key, x0, t, sampling_eps)
     log_score = log_score_fn(x_t, sigma)
     se = graph.score_entropy(log_score, sigma, x_t, x0)  # [B, L]
     return (noise.rate(t)[:, None] * se).sum(-1)
 
 
-# name -> training loss. A second objective (e.g. "masked-ce", MDLM's weighted masked
-# cross-entropy on the absorbing graph) is one `Loss` added here and its name added to
-# config.OBJECTIVES; the loop calls `get_objective(cfg.objective)` and nothing else.
-OBJECTIVES: dict[str, Loss] = {"score-entropy": score_entropy_loss}
+def noised(graph, noise, key: Array, x0: Array, t: Optional[Array] = None,
+           sampling_eps: float = 1e-3) -> tuple[Array, Array, Array]:
+    """The training draw of every objective: (t [B], sigmabar [B], x_t [B, L]); t defaults
+    to U(sampling_eps, 1) draws (SEDD's)."""
+    k_t, k_x = jax.random.split(key)
+    if t is None:
+        t = (1.0 - sampling_eps) * jax.random.uniform(k_t, (x0.shape[0],)) + sampling_eps
+    sigma = noise.total(t)
+    return t, sigma, graph.sample_transition(k_x, x0, sigma)
+
+
+def masked_ce_loss(
+    log_score_fn: LogScoreFn,
+    graph,
+    noise,
+    key: Array,
+    x0: Array,
+    t: Optional[Array] = None,
+    sampling_eps: float = 1e-3,
+) -> Array:
+    """MDLM's loss per sequence [B] (absorbing graph): the weighted masked cross-entropy
+        sum over masked i of  rate(t) / expm1(sigmabar) * -log p(x0^i | x_t),
+    with the posterior read through the score seam, log p(y | x_t) = log s[y] +
+    log expm1(sigmabar) at masked positions (`score_fn_from` of an "mdlm" DiT). With the
+    loglinear schedule the weight is 1 / t: masked discrete flow matching (Gat et al. 2024)
+    with the linear schedule. For a score of this posterior form the DSE at a masked
+    position is exactly -log p(x0^i | x_t) / expm1(sigmabar), so this equals
+    `score_entropy_loss` (same draws) and the validation NELBO is the same bound.
+    """
+    if not graph.is_absorbing:
+        raise ValueError(f"objective 'masked-ce' needs the absorbing graph, got {graph.name!r}")
+    t, sigma, x_t = noised(graph, noise, key, x0, t, sampling_eps)
+    expm1 = expm1_stable(sigma)  # [B]
+    log_s_x0 = jnp.take_along_axis(log_score_fn(x_t, sigma), x0[..., None], -1)[..., 0]  # [B, L]
+    ce = jnp.where(x_t == graph.mask_id, -(log_s_x0 + jnp.log(expm1)[:, None]), 0.0)  # -log p(x0^i | x_t)
+    return noise.rate(t) / expm1 * ce.sum(-1)
+
+
+# name -> training loss (named in config.OBJECTIVES); the loop calls
+# `get_objective(cfg.objective)` and nothing else.
+OBJECTIVES: dict[str, Loss] = {"score-entropy": score_entropy_loss, "masked-ce": masked_ce_loss}
 assert tuple(OBJECTIVES) == config_lib.OBJECTIVES, "name each objective in config.OBJECTIVES"
 
 

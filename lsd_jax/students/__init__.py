@@ -1,0 +1,11 @@
+"""Few-step students that replace the teacher's network (not just its sampler).
+
+- `lsd_jax.students.di4c`: Di4C mixture students (Hayakawa et al., ICML 2025): the model,
+  its losses and its score function; `lsd_jax.students.fit`: their training (optax, orbax
+  resume) behind `lsd-jax distill-student`.
+
+Imports no jax (the CLI reads METHODS and STUDENT_FILE from here).
+"""
+
+METHODS = ("di4c",)
+STUDENT_FILE = "di4c.json"  # marks a student directory: `lsd-jax sample --checkpoint DIR` loads it as one
