@@ -52,6 +52,70 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                         "host runs the same command and the batch is split over the devices of all hosts")
 
 
+def _add_reveal_args(p: argparse.ArgumentParser, tune: bool = False) -> None:
+    from lsd_jax.reveal import POLICIES
+
+    p.add_argument("--reveal", choices=list(POLICIES), default="ctmc",
+                   help="absorbing graph: which positions a step reveals (ctmc: the plain sampler; random, planned "
+                        "(bit-reversal order), confidence, margin, entropy: as many as the grid's expected counts; "
+                        "eb: entropy-bounded, adaptive number of calls)")
+    p.add_argument("--reveal-param", type=float, default=None,
+                   help="eb: entropy budget in nats (default 1); confidence/margin/entropy: spread weight towards "
+                        "the planned order (default 0)")
+    p.add_argument("--reveal-shape", default=None, help="planned: 2-D order for an H,W grid of positions (e.g. 32,32)")
+    p.add_argument("--remask-steps", type=int, default=0,
+                   help="ReMDM-style corrector: extra network calls after the reveal steps (counted as NFE)")
+    p.add_argument("--remask-count", type=int, default=1, help="positions remasked and redrawn per corrector call")
+    if not tune:
+        p.add_argument("--reveal-counts", choices=["auto", "grid", "screened"], default="auto",
+                       help="how many positions each step reveals: grid (the grid's expected CTMC counts), "
+                            "screened (planned: the order's own counts, 1,1,2,4,... split to M steps, that keep "
+                            "a first-order chain exact); auto: screened for planned unless --grid or "
+                            "--sampler-params is given, else grid")
+    if tune:
+        p.add_argument("--tune-reveal-param", action="store_true",
+                       help="also tune the policy's parameter (eb budget / spread weight)")
+
+
+def reveal_from_args(args, teacher, param_default=None):
+    """(policy, remask) from the --reveal flags, checked against the teacher; policy None for ctmc."""
+    from lsd_jax import reveal
+
+    name = getattr(args, "reveal", "ctmc")
+    if name == "ctmc":
+        if args.reveal_param is not None or args.remask_steps:
+            raise ValueError("--reveal-param and --remask-steps need a reveal policy (--reveal other than ctmc)")
+        return None, None
+    if not teacher.graph.is_absorbing:
+        raise ValueError(f"--reveal {name} needs the absorbing graph (--graph absorb); the teacher's is "
+                         f"{teacher.graph.name}")
+    if args.remask_steps < 0 or args.remask_count < 1:
+        raise ValueError(f"--remask-steps must be >= 0 and --remask-count >= 1, got {args.remask_steps}, "
+                         f"{args.remask_count}")
+    shape = None
+    if args.reveal_shape:
+        try:
+            shape = tuple(int(v) for v in args.reveal_shape.split(","))
+        except ValueError:
+            shape = ()
+        if len(shape) != 2 or name != "planned":
+            raise ValueError(f"--reveal-shape takes H,W with --reveal planned, got {args.reveal_shape!r} with {name}")
+    param = args.reveal_param if args.reveal_param is not None else param_default
+    policy = reveal.get_policy(name, param, shape)
+    if shape is not None:
+        reveal.planned_order(teacher.length, shape)  # checks H * W = L before any work
+    return policy, reveal.Remask(args.remask_steps, args.remask_count)
+
+
+def _params_reveal_param(path: str, name: str):
+    """The tuned policy parameter stored in a sampler-params file by `tune --reveal`, if any."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "sampler_params.json")
+    with open(path) as f:
+        meta = json.load(f).get("meta") or {}
+    return meta.get("reveal_param") if meta.get("reveal") == name else None
+
+
 def load_teacher(args):
     """Teacher from CLI args: --checkpoint DIR, or the exact teacher --teacher markov|hmm."""
     from lsd_jax import teachers, validate
@@ -125,26 +189,49 @@ def cmd_sample(args) -> int:
             print(f"note: sampler params were learned for {params.sampler}, running {args.sampler}", file=sys.stderr)
     teacher = load_teacher(args)  # the flags were checked by validate.sample_args
     solver.check_graph(teacher.graph)
+    policy, remask = reveal_from_args(
+        args, teacher, _params_reveal_param(args.sampler_params, args.reveal) if args.sampler_params else None)
+    if args.gap and not teacher.exact:
+        raise ValueError("--gap needs an exact teacher (--teacher markov): it measures the exact divergence")
+    counts = None
+    if policy is not None:
+        from lsd_jax import reveal
+
+        mode = args.reveal_counts
+        if mode == "auto":
+            mode = "screened" if policy.name == "planned" and not args.grid_given and grid is None else "grid"
+        if mode == "screened":
+            if policy.name != "planned":
+                raise ValueError(f"--reveal-counts screened needs --reveal planned, got {policy.name}")
+            counts = reveal.screened_counts(reveal.planned_order(teacher.length, policy.shape), args.nfe)
     if grid is None and args.grid == "jys":
         from lsd_jax import baselines
 
         reference = baselines.optional_reference(teacher, eps=args.eps)
         grid = baselines.jys_grid(teacher.score_fn, teacher.graph, teacher.noise, reference, steps, args.eps)
     if grid is None:
-        grid = grids.get_grid(args.grid, steps, args.eps, p=args.grid_p, noise=teacher.noise)
+        grid = grids.get_grid(args.grid or "uniform", steps, args.eps, p=args.grid_p, noise=teacher.noise)
     t0 = time.perf_counter()
-    out = samplers.sample(
-        teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(args.seed), args.num_samples,
-        teacher.length, sampler=args.sampler, phi=phi, x64=args.x64, reading=reading,
-    )
+    if policy is None:
+        out = samplers.sample(
+            teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(args.seed), args.num_samples,
+            teacher.length, sampler=args.sampler, phi=phi, x64=args.x64, reading=reading,
+        )
+        calls = out.network_calls
+    else:
+        out = reveal.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(args.seed),
+                            args.num_samples, teacher.length, policy=policy, remask=remask, phi=phi,
+                            reading=reading, x64=args.x64, counts=counts)
+        calls = float(jax.numpy.mean(out.calls))
     tokens = sharding.to_host(jax.block_until_ready(out.tokens))  # several hosts: gathered on each
     seconds = time.perf_counter() - t0
-    if out.nfe != args.nfe:
+    if policy is None and out.nfe != args.nfe:
         print(f"note: {args.sampler} made {out.nfe} predictor calls (asked --nfe {args.nfe})", file=sys.stderr)
     result = {
-        "nfe": out.nfe,
-        "network_calls": out.network_calls,
-        "steps": out.nfe // solver.calls_per_step,
+        "nfe": out.nfe if policy is None else args.nfe,
+        "network_calls": calls,
+        "steps": out.nfe // solver.calls_per_step if policy is None else args.nfe,
+        "reveal": args.reveal,
         "sampler": args.sampler,
         "graph": teacher.graph.name,
         "noise": teacher.noise.name,
@@ -159,10 +246,29 @@ def cmd_sample(args) -> int:
         "seconds": seconds,
         "device": _device_info(),
     }
+    if policy is not None:
+        from lsd_jax.reveal import counts_from_grid
+
+        result["reveal_policy"] = {"name": policy.name, "param": getattr(policy, policy.param) if policy.param
+                                   else None, "remask_steps": remask.steps, "remask_count": remask.count}
+        if policy.name != "eb":
+            result["counts"] = [int(c) for c in (counts if counts is not None else
+                                                 counts_from_grid(teacher.noise, grid, teacher.length))]
     if params_info:
         result["sampler_params"] = params_info
-    shown = ("nfe", "sampler", "graph", "nll", "data_entropy", "data_entropy_se", "unigram_entropy", "bigram_kl",
-             "lag_kl", "seconds")
+    if args.gap:
+        from lsd_jax.eval.sampling import gap_closed, run_sampler
+
+        base = run_sampler(teacher, grids.uniform(args.nfe, args.eps), sampler="euler", seed=args.seed,
+                           num_samples=args.num_samples, x64=args.x64)
+        ref = run_sampler(teacher, grids.uniform(1024, args.eps), sampler="euler", seed=args.seed,
+                          num_samples=args.num_samples, x64=args.x64)
+        key = getattr(getattr(teacher, "oracle", teacher.chain), "HEADLINE", "bigram_kl")  # the exact headline
+        d_base, d_ref = teacher.metrics(base)[key], teacher.metrics(ref)[key]
+        result.update({f"euler_{key}": d_base, f"teacher1024_{key}": d_ref,
+                       "gap_closed": gap_closed(result[key], d_base, d_ref)})
+    shown = ("nfe", "network_calls", "reveal", "sampler", "graph", "nll", "data_entropy", "data_entropy_se",
+             "unigram_entropy", "bigram_kl", "lag_kl", "gap_closed", "seconds")
     print(" ".join(f"{k}={result[k]:.4g}" if isinstance(result[k], float) else f"{k}={result[k]}"
                    for k in shown if k in result))
     if teacher.decode is not None:
@@ -206,18 +312,20 @@ def plot_sampler_params(path: str, params, title: str, baseline_grid=None) -> No
 
 
 def _compare(teacher, rows: dict, args) -> dict:
-    """Held-out evaluation of named (grid, phi, reading) samplers; prints a table."""
+    """Held-out evaluation of named (grid, phi, reading[, reveal policy, remask]) samplers; prints a table."""
     from lsd_jax.eval.sampling import HELD_OUT_SEED0, evaluate_sampler
 
     seeds = [HELD_OUT_SEED0 + i for i in range(args.eval_seeds)]
     results = {}
     keys = ("nll", "bigram_kl", "unigram_entropy") if teacher.exact else ("unigram_entropy",)
     keys += ("lag_kl",) if teacher.hmm is not None else ()
+    keys += ("network_calls",)
     print(f"held-out evaluation: {args.eval_seeds} seeds x {args.eval_samples} samples")
     print("  " + f"{'sampler':<28}" + "".join(f"{k:>22}" for k in keys))
-    for name, (grid, phi, reading) in rows.items():
+    for name, (grid, phi, reading, *rev) in rows.items():
         r = evaluate_sampler(teacher, grid, sampler=args.sampler, phi=phi, reading=reading, seeds=seeds,
-                             num_samples=args.eval_samples, x64=args.x64)
+                             num_samples=args.eval_samples, x64=args.x64, reveal=rev[0] if rev else None,
+                             remask=rev[1] if len(rev) > 1 else None)
         results[name] = {k: v for k, v in r.items() if k != "per_seed"}
         print("  " + f"{name:<28}" + "".join(f"{r[k]:>14.4f} +- {r[k + '_std']:<5.3f}" for k in keys))
     if teacher.exact:
@@ -236,9 +344,38 @@ def _against_plain(teacher, args, params, name: str, plain_name: str) -> dict:
     }, args)
 
 
+def cmd_distill_reveal(args) -> int:
+    """distill --reveal P: LSD / LSD+ with the policy in the student (lsd_jax.reveal_distill)."""
+    from lsd_jax import reveal_distill
+    from lsd_jax import sampler_params as sp_lib
+
+    if args.resume:
+        raise ValueError("--resume is not supported with --reveal (the fit is short: run it again)")
+    if os.path.isdir(args.out) and os.listdir(args.out):
+        raise ValueError(f"--out {args.out} exists and is not empty: choose a new --out")
+    teacher = load_teacher(args)
+    policy, remask = reveal_from_args(args, teacher)
+    if remask.steps:
+        raise ValueError("--remask-steps is not part of the distilled student; sample with it afterwards")
+    params, history = reveal_distill.fit(teacher, policy, nfe=args.nfe, method=args.method, reading=args.reading,
+                                         epochs=args.epochs, batch=args.batch_size, lr=args.lr, eps=args.eps,
+                                         seed=args.seed, progress=not args.no_progress)
+    os.makedirs(args.out, exist_ok=True)
+    meta = {"method": args.method, "reveal": policy.name, "reveal_param": getattr(policy, policy.param)
+            if policy.param else None, "teacher": teacher.describe()}
+    sp_lib.save(params, os.path.join(args.out, "sampler_params.json"), meta=meta)
+    _write_json(os.path.join(args.out, "history.json"), {"history": history})
+    print(f"wrote {args.out}/sampler_params.json, history.json; selected val bigram KL "
+          f"{history[-1]['selected_val_bigram_kl']}")
+    return 0
+
+
 def cmd_distill(args) -> int:
     from lsd_jax import distill
     from lsd_jax.runs import RunLock
+
+    if args.reveal != "ctmc":
+        return cmd_distill_reveal(args)
 
     val_samples = _auto_or_int("--val-samples", args.val_samples)
     for flag, v in (("--val-every", args.val_every), ("--val-reference-nfe", args.val_reference_nfe)):
@@ -333,23 +470,36 @@ def _tune(args) -> int:
     ref_entropy = unigram_entropy(ref, mode="pooled")
     divergence = _finite(make_divergence(args.divergence, teacher, ref), args.divergence)
     crn = tuple(range(args.crn_seeds))
+    policy, remask = reveal_from_args(args, teacher)
+    if args.tune_reveal_param and (policy is None or policy.param is None):
+        raise ValueError(f"--tune-reveal-param needs --reveal eb, confidence, margin or entropy, got {args.reveal}")
     t0 = time.perf_counter()
     init_grid, start = None, "uniform"
     if args.start == "best-fixed":  # as the benchmark does: the best of tune.FIXED_FAMILIES on the tuning seeds
         init_grid, table = tune.best_fixed_grid(teacher, args.nfe, divergence, sampler=args.sampler, eps=args.eps,
-                                                crn_seeds=crn, num_samples=args.samples, x64=args.x64)
+                                                crn_seeds=crn, num_samples=args.samples, x64=args.x64,
+                                                reveal=policy, remask=remask)
         start = "best fixed grid " + min(table, key=lambda r: r["divergence"])["grid"]
-    print(f"tuning {args.sampler} M={args.nfe} on {teacher.name} by {args.divergence}; entropy guard "
-          f"{ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; start {start}; budget {args.budget} evaluations")
+    print(f"tuning {args.sampler} M={args.nfe} (reveal {args.reveal}) on {teacher.name} by {args.divergence}; "
+          f"entropy guard {ref_entropy:.4f} +- {100 * args.entropy_band:.1f}%; start {start}; budget {args.budget} evaluations")
     params, history = tune.search(
         teacher, args.nfe, divergence, sampler=args.sampler, eps=args.eps, budget=args.budget,
         tune_phi=args.tune_phi, crn_seeds=crn, num_samples=args.samples, x64=args.x64,
         seed=args.seed, entropy_ref=ref_entropy if args.entropy_band > 0 else None,
-        entropy_band=args.entropy_band, init_grid=init_grid, progress=not args.no_progress,
+        entropy_band=args.entropy_band, init_grid=init_grid, progress=not args.no_progress, reveal=policy,
+        remask=remask, tune_reveal_param=args.tune_reveal_param,
     )
     seconds = time.perf_counter() - t0
     meta = {"method": "tune", "divergence": args.divergence, "teacher": teacher.describe(), "budget": args.budget,
             "start": start}
+    if policy is not None:
+        from lsd_jax import reveal
+
+        if args.tune_reveal_param:
+            policy = reveal.with_param(policy, history[-1]["reveal_param"])
+        meta.update({"reveal": policy.name, "reveal_param": getattr(policy, policy.param) if policy.param else None,
+                     "counts": [int(c) for c in reveal.counts_from_grid(teacher.noise, params.grid(),
+                                                                         teacher.length)]})
     _write_json(os.path.join(out, "history.json"), {"evaluations": history, "seconds": seconds})
     if _primary():
         sp_lib.save(params, os.path.join(out, "sampler_params.json"), meta=meta)
@@ -359,8 +509,17 @@ def _tune(args) -> int:
     result = {"divergence": args.divergence, "best": summary["best_divergence"],
               "uniform": summary["uniform_divergence"], "start": start, "seconds": seconds,
               "grid": [float(v) for v in params.grid()], "phi": [float(v) for v in params.phi]}
-    if args.eval_seeds > 0:
+    if policy is not None:
+        result.update({k: meta[k] for k in ("reveal", "reveal_param", "counts")})
+    if args.eval_seeds > 0 and policy is None:
         result["evaluation"] = _against_plain(teacher, args, params, "tuned", f"{args.sampler} uniform")
+    elif args.eval_seeds > 0:
+        uniform = grids.uniform(params.nfe, params.eps)
+        result["evaluation"] = _compare(teacher, {
+            f"{args.sampler} uniform": (uniform, None, "linear"),
+            f"{policy.name} uniform counts": (uniform, None, "linear", reveal_from_args(args, teacher)[0], remask),
+            f"{policy.name} tuned": (params.grid(), params.phi, params.reading, policy, remask),
+        }, args)
     _write_json(os.path.join(out, "result.json"), result)
     print(f"{args.divergence}: uniform {result['uniform']:.4g} -> tuned {result['best']:.4g} "
           f"(tuning seeds) in {seconds:.1f} s; wrote {out}/sampler_params.json, history.json, sampler_params.png")
@@ -406,6 +565,7 @@ def _add_tune(sub) -> None:
     p.add_argument("--eval-seeds", type=int, default=3, help="held-out seeds for the final comparison (0: skip)")
     p.add_argument("--eval-samples", type=int, default=1024)
     p.add_argument("--no-progress", action="store_true")
+    _add_reveal_args(p, tune=True)
     p.set_defaults(func=cmd_tune)
 
 
@@ -462,6 +622,7 @@ def _add_distill(sub) -> None:
     p.add_argument("--eval-seeds", type=int, default=3, help="held-out seeds for the final comparison (0: skip)")
     p.add_argument("--eval-samples", type=int, default=1024)
     p.add_argument("--no-progress", action="store_true")
+    _add_reveal_args(p)
     p.set_defaults(func=cmd_distill)
 
 
@@ -481,6 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler-params", default=None, help="learned sampler parameters (from distill or tune)")
     p.add_argument("--show", type=int, default=3, help="decoded samples to print")
     p.add_argument("--json", default=None, help="write the result as JSON to this path")
+    p.add_argument("--gap", action="store_true",
+                   help="exact teacher: also run plain Euler at --nfe and the 1024-step teacher (same seed and "
+                        "samples) and report the share of the gap in bigram KL closed")
+    _add_reveal_args(p)
     p.set_defaults(func=cmd_sample)
 
     for name, register in _EXTRA.items():

@@ -23,21 +23,39 @@ def sample(model: ScoreModel, grid, key: jax.Array, num_samples: int, **kwargs) 
 
 
 def run_sampler(model: ScoreModel, grid, *, sampler: str = "euler", phi=None, reading: str = "linear", seed: int = 0,
-                num_samples: int = 1024, x64: bool = False, mesh="auto") -> np.ndarray:
+                num_samples: int = 1024, x64: bool = False, mesh="auto", reveal=None, remask=None,
+                return_calls: bool = False):
     """Samples [num_samples, L] (numpy, on the host) from `model` with grid [M + 1] and phi [M]
-    (mesh: as `samplers.sample`; None keeps the run on one device)."""
-    out = sample(model, grid, jax.random.PRNGKey(seed), num_samples, sampler=sampler, phi=phi, reading=reading,
-                 x64=x64, mesh=mesh)
-    return sharding.to_host(out.tokens)  # several hosts: a global array, gathered on each
+    (mesh: as `samplers.sample`; None keeps the run on one device).
+
+    reveal: a `lsd_jax.reveal` policy (None or ctmc: the plain sampler), run by `reveal.sample`
+    (one device); remask: its corrector. return_calls: also the mean network calls per sample
+    actually made."""
+    from lsd_jax import reveal as reveal_lib
+
+    if reveal is not None and not isinstance(reveal, reveal_lib.Ctmc):
+        check_model(model)
+        out = reveal_lib.sample(model.score_fn, model.graph, model.noise, grid, jax.random.PRNGKey(seed),
+                                num_samples, model.length, policy=reveal, phi=phi, reading=reading,
+                                remask=remask or reveal_lib.Remask(), x64=x64)
+        tokens, calls = np.asarray(out.tokens), float(np.mean(np.asarray(out.calls)))
+    else:
+        out = sample(model, grid, jax.random.PRNGKey(seed), num_samples, sampler=sampler, phi=phi, reading=reading,
+                     x64=x64, mesh=mesh)
+        tokens, calls = sharding.to_host(out.tokens), float(out.network_calls)  # several hosts: gathered on each
+    return (tokens, calls) if return_calls else tokens
 
 
 def evaluate_sampler(model: ScoreModel, grid, *, sampler: str = "euler", phi=None, reading: str = "linear",
                      seeds: Sequence[int] = (HELD_OUT_SEED0, HELD_OUT_SEED0 + 1, HELD_OUT_SEED0 + 2),
-                     num_samples: int = 1024, x64: bool = False) -> dict:
-    """Metrics per seed (`model.metrics`, else the pooled unigram entropy), and their mean
-    and standard deviation across seeds."""
-    per_seed = [model_metrics(model, run_sampler(model, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
-                                                 num_samples=num_samples, x64=x64)) for s in seeds]
+                     num_samples: int = 1024, x64: bool = False, reveal=None, remask=None) -> dict:
+    """Metrics per seed (`model.metrics`, else the pooled unigram entropy, and the mean network
+    calls per sample), and their mean and standard deviation across seeds."""
+    per_seed = []
+    for s in seeds:
+        tok, calls = run_sampler(model, grid, sampler=sampler, phi=phi, reading=reading, seed=s,
+                                 num_samples=num_samples, x64=x64, reveal=reveal, remask=remask, return_calls=True)
+        per_seed.append({**model_metrics(model, tok), "network_calls": calls})
     return {"seeds": list(seeds), "num_samples": num_samples, "per_seed": per_seed, **mean_std(per_seed)}
 
 
