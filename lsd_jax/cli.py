@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Callable, Optional
 
+from lsd_jax import names
 from lsd_jax.names import (DIVERGENCES, DTYPES, GRAPHS, GRID_FAMILIES, LOSSES, METHODS, NOISES, READINGS, SELECT,
                            SOLVERS, TEACHER_DEFAULTS, TEACHERS)
 
@@ -53,9 +54,8 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_reveal_args(p: argparse.ArgumentParser, tune: bool = False) -> None:
-    from lsd_jax.reveal import POLICIES
 
-    p.add_argument("--reveal", choices=list(POLICIES), default="ctmc",
+    p.add_argument("--reveal", choices=list(names.REVEAL_POLICIES), default="ctmc",
                    help="absorbing graph: which positions a step reveals (ctmc: the plain sampler; random, planned "
                         "(bit-reversal order), confidence, margin, entropy: as many as the grid's expected counts; "
                         "eb: entropy-bounded, adaptive number of calls)")
@@ -67,7 +67,7 @@ def _add_reveal_args(p: argparse.ArgumentParser, tune: bool = False) -> None:
                    help="ReMDM-style corrector: extra network calls after the reveal steps (counted as NFE)")
     p.add_argument("--remask-count", type=int, default=1, help="positions remasked and redrawn per corrector call")
     if not tune:
-        p.add_argument("--reveal-counts", choices=["auto", "grid", "screened"], default="auto",
+        p.add_argument("--reveal-counts", choices=list(names.REVEAL_COUNTS), default="auto",
                        help="how many positions each step reveals: grid (the grid's expected CTMC counts), "
                             "screened (planned: the order's own counts, 1,1,2,4,... split to M steps, that keep "
                             "a first-order chain exact); auto: screened for planned unless --grid or "

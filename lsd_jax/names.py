@@ -24,3 +24,6 @@ DTYPES = ("float32", "bfloat16")  # models.dit parameter / compute dtypes
 CHAIN_FILE = "chain.json"  # the Markov chain a network was trained on (exact metrics apply)
 HMM_FILE = "hmm.json"  # the HMM a network was trained on (exact metrics apply)
 TOKENIZER_FILE = "tokenizer.json"  # text teachers: {"tokenizer": name for get_tokenizer, "seq_len"}
+
+REVEAL_POLICIES = ("ctmc", "random", "planned", "confidence", "margin", "entropy", "eb")  # lsd_jax.reveal
+REVEAL_COUNTS = ("auto", "grid", "screened")  # --reveal-counts

@@ -52,12 +52,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lsd_jax import names
 from lsd_jax import samplers
 from lsd_jax.graphs import Graph
 from lsd_jax.noise import Noise
 
 Array = jnp.ndarray
-POLICIES = ("ctmc", "random", "planned", "confidence", "margin", "entropy", "eb")
+POLICIES = names.REVEAL_POLICIES
 PARAM_BOUNDS = {"budget": (0.0, 8.0), "spread": (0.0, 4.0)}  # ranges tuning searches (nats / priority units)
 
 

@@ -1,5 +1,7 @@
 """Baselines: temperature matching by bisection, the JYS grid minimises its bound."""
 
+import pytest
+
 import numpy as np
 
 from lsd_jax import baselines, grids
@@ -13,6 +15,7 @@ def test_temperature_matched_finds_the_root():
     assert abs(phi - 6.0) < 1e-3  # outside the first bracket: it widens
 
 
+@pytest.mark.slow
 def test_jys_grid_is_a_grid_and_each_split_minimises_its_bound():
     t = markov_teacher(vocab=4, length=6)
     ref = baselines.optional_reference(t, nfe=64, num_samples=64)

@@ -50,5 +50,5 @@ def test_chain_file_makes_it_exact_and_is_checked(converted, tmp_path):
     assert set(t.metrics(np.zeros((4, 5), np.int32))) >= {"nll", "bigram_kl", "unigram_entropy"}
     with open(f"{path}/{ck.CHAIN_FILE}", "w") as f:
         json.dump(make_chain(6, 4, seed=1).to_dict(), f)
-    with pytest.raises(ValueError, match=r"chain V=6, L=4 does not match the checkpoint's V=6, L=5"):
+    with pytest.raises(ValueError, match=r"chain.json: V=6, L=4 does not match the checkpoint's V=6, L=5"):
         ck.load_teacher(path)

@@ -19,6 +19,7 @@ def hf_dir(tmp_path_factory):
     return ref.save_hf(model, cfg, str(tmp_path_factory.mktemp("hf")), "safetensors"), cfg
 
 
+@pytest.mark.slow
 def test_convert_then_sample(hf_dir, tmp_path, capsys):
     src, cfg = hf_dir
     dst = tmp_path / "flax"

@@ -76,6 +76,7 @@ def test_losses_match_a_hand_computation_on_a_two_position_toy():
     assert float(out_d["total"][0]) == pytest.approx(hand["distil"] + rest, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_student_is_the_teacher_at_initialisation():
     """Every lambda gives the teacher's denoiser, so the mixture's marginals are the teacher's,
     its correlation terms vanish and the distillation / marginal terms are 0."""

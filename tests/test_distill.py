@@ -37,6 +37,7 @@ def test_kl_has_zero_phi_gradient_on_exact_absorbing_teacher():
         assert np.abs(g_phi).max() < 1e-10
 
 
+@pytest.mark.slow
 def test_token_kl_readings():
     with enable_x64():
         teacher = markov_teacher(vocab=8, length=12)
@@ -47,6 +48,7 @@ def test_token_kl_readings():
         assert np.abs(g_tmp).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_uniform_graph_has_nonzero_phi_gradient():
     with enable_x64():
         teacher = markov_teacher(graph="uniform", vocab=8, length=12)
@@ -55,6 +57,7 @@ def test_uniform_graph_has_nonzero_phi_gradient():
         assert np.abs(g_phi).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_every_loss_gives_finite_gradients():
     teacher = markov_teacher(vocab=8, length=12)
     for loss in distill.LOSSES:
@@ -107,6 +110,7 @@ def test_only_phi_and_grid_are_optimised_and_gradients_reach_the_grid():
     jax.tree_util.tree_map(np.testing.assert_array_equal, before, net_params)
 
 
+@pytest.mark.slow
 def test_alternating_updates():
     teacher, _ = network_teacher()
     cfg = distill.DistillConfig(method="lsd+", alternate=True, **{**SMALL, "epochs": 2})
@@ -280,6 +284,7 @@ def test_val_every_validates_0_k_2k_and_last_and_returns_the_best_of_those():
     assert hist[0]["validation"]["forward_passes"] == 4 * 5 * 512  # 4 validations x (M + 1) calls, no reference
 
 
+@pytest.mark.slow
 def test_val_samples_auto_resolves_by_teacher_kind():
     exact = markov_teacher(vocab=8, length=12)
     net, _ = network_teacher(exact_metrics=False)

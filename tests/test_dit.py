@@ -38,6 +38,7 @@ def test_rotary_tables_and_rotation():
                                np.full((1, 1, 2), 2.5))
 
 
+@pytest.mark.slow
 def test_fresh_sedd_score_is_the_uniform_posterior():
     """Output layer zero at init -> logits 0 -> with scale_by_sigma the log score is
     -log expm1(sigmabar) - log(V - 1) off the current token, 0 at it."""
@@ -53,6 +54,7 @@ def test_fresh_sedd_score_is_the_uniform_posterior():
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fresh_mdlm_score():
     """mdlm: log p(y | x_t) = -log(V - 1) over the data ids at init; masked positions get
     that minus log expm1(sigmabar) (0 at the mask), unmasked: 0 at x, NEG_INF elsewhere."""

@@ -263,6 +263,7 @@ def test_config_diff_names_every_field(tmp_path):
                       may_change=("config.epochs",))
 
 
+@pytest.mark.slow
 def test_distill_resume_with_other_config_is_refused(tmp_path):
     teacher = markov_teacher(vocab=5, length=6)
     cfg = distill.DistillConfig(**SMALL)
@@ -294,6 +295,7 @@ def test_checkpoints_skip_incomplete_saves(tmp_path):
                                             "epoch_0003.history.json"]
 
 
+@pytest.mark.slow
 def test_resume_after_interrupted_save_matches_uninterrupted(tmp_path):
     """The interrupted save is planted deterministically (an orbax temp directory for the
     next epoch); the resumed run skips it and ends where the uninterrupted one does."""

@@ -34,6 +34,7 @@ def uninterrupted(tmp_path_factory):
     return cfg, out, train.train(cfg, out, progress=False, log=lambda s: None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("graph,noise", [("absorb", LogLinear()), ("uniform", Geometric())])
 def test_exact_score_minimises_the_loss(graph, noise):
     """The exact concrete score of the chain gives a lower loss than a perturbed one (same

@@ -38,6 +38,7 @@ def test_tuned_grid_beats_uniform_on_held_out_seeds(uniform_teacher):
     assert hist[-1]["summary"] and hist[-1]["best_divergence"] < hist[-1]["uniform_divergence"]
 
 
+@pytest.mark.slow
 def test_ngram_divergence_floor_and_rank_correlation(uniform_teacher):
     """Fresh teacher samples score at the estimator's floor (as exact chain samples do), a
     coarse sampler far above it; over random grids the n-gram divergence ranks like the exact
@@ -62,6 +63,7 @@ def test_ngram_divergence_floor_and_rank_correlation(uniform_teacher):
     assert rho > 0.5
 
 
+@pytest.mark.slow
 def test_entropy_guard_rejects_sharpening_that_wins_on_likelihood():
     """log-score x 1.5 (temperature reading, phi 1.5) lowers the NLL under the true chain, yet
     its unigram entropy leaves the teacher's 1% window: rejected."""
@@ -130,6 +132,7 @@ def test_mmd_is_near_zero_for_equal_distributions_and_positive_otherwise():
     assert mmd(x, y, bandwidth=1.0) == pytest.approx(expect, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_mmd_on_network_features_is_lowest_for_the_teachers_own_samples(tmp_path):
     """A network teacher (tiny random SEDD whose chain.json names the chain): MMD on its pooled
     hidden states is minimal for its own many-step samples and runs through tune."""
