@@ -64,7 +64,7 @@ same as every sampler it is compared with.
 The teacher is any `lsd_jax.teachers.ScoreModel` (score_fn, graph, noise, length); `fit`
 returns a `FitResult` (params, history[e] = epoch e, plan, timing). The optimiser is
 optax-native (`optimizer`: partition / conditionally_mask / projection_box).
-Length: ~690 lines, one method end to end (config, teacher cache, loss, epoch, selection,
+Length: ~710 lines, one method end to end (config, teacher cache, loss, epoch, selection,
 checkpoints, fit); the checkpoint helpers are to move to a run module shared with train.
 """
 
