@@ -249,6 +249,6 @@ def test_multihost_cli_distill_checkpoints_and_resumes(two_hosts):
     ckpts = sorted(os.listdir(os.path.join(dd, "checkpoints")))
     assert ckpts == ["epoch_0002", "epoch_0002.history.json", "epoch_0003", "epoch_0003.history.json"]
     saved = json.loads(open(os.path.join(dd, "checkpoints", "epoch_0003.history.json")).read())
-    assert [h["epoch"] for h in saved] == [1, 2, 3]
+    assert [h["epoch"] for h in saved] == [0, 1, 2, 3]  # the sidecar is the history up to that epoch, epoch 0 included
     result = json.loads(open(os.path.join(dd, "result.json")).read())
     assert len(result["phi"]) == 4 and np.allclose(result["phi"], hist[-1]["phi"])
