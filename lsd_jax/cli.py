@@ -747,7 +747,9 @@ def cmd_distill_student(args) -> int:
     cfg = d(nfe=args.nfe, teacher_nfe=args.teacher_nfe, lambdas=args.lambdas, batch_size=args.batch_size,
             steps=args.steps, lr=args.lr, warmup=args.warmup, dit_lr_scale=args.dit_lr_scale, delta=args.delta,
             distil_prob=args.distil_prob,
-            data_weight=args.data_weight, sampler=args.sampler, eps=args.eps, eval_every=args.eval_every,
+            data_weight=args.data_weight, data_schedule=args.data_schedule, ema_target=args.ema_target,
+            consistency_marg_weight=args.consistency_marg_weight, lambda_init_scale=args.lambda_init_scale,
+            grid=args.student_grid, sampler=args.sampler, eps=args.eps, eval_every=args.eval_every,
             eval_samples=args.eval_samples, checkpoint_every=args.checkpoint_every, seed=args.seed).validate()
     try:
         s = fit_lib.fit(args.checkpoint, cfg, args.out, resume=args.resume, progress=not args.no_progress,
@@ -758,17 +760,19 @@ def cmd_distill_student(args) -> int:
     last = s["last_eval"] or {}
     print(f"wrote {args.out} ({s['step']} steps, {s['train_wall_s']:.0f} s); sample with: lsd-jax sample "
           f"--checkpoint {args.out} --nfe {cfg.nfe} --sampler {cfg.sampler}"
-          + "".join(f"; {k} {last[k]:.4f}" for k in ("bigram_kl", "nll", "unigram_entropy") if k in last))
+          + (f" --grid {cfg.grid}" if cfg.grid != "uniform" else "")
+          + "".join(f"; {k} {last[k]:.4f}" for k in ("lag_kl", "bigram_kl", "nll", "unigram_entropy") if k in last))
     return 0
 
 
 def _add_distill_student(sub) -> None:
-    from lsd_jax.students import METHODS
+    from lsd_jax.students import DATA_SCHEDULES, METHODS, STUDENT_GRIDS
 
     p = sub.add_parser("distill-student", help="distil a network teacher into a few-step student network "
                        "(Di4C mixture student)")
     p.add_argument("--method", choices=METHODS, default=METHODS[0])
-    p.add_argument("--checkpoint", required=True, help="network teacher directory (absorbing graph, with chain.json)")
+    p.add_argument("--checkpoint", required=True,
+                   help="network teacher directory (absorbing graph, with chain.json or hmm.json)")
     p.add_argument("--nfe", type=int, default=8, help="student steps M")
     p.add_argument("--teacher-nfe", type=int, default=256, help="teacher steps N over (0, 1]: N / M per student step")
     p.add_argument("--lambdas", type=int, default=8, help="lambda draws per sequence (the mixture's Monte Carlo)")
@@ -781,6 +785,17 @@ def _add_distill_student(sub) -> None:
     p.add_argument("--delta", type=float, default=0.02, help="distillation below this time")
     p.add_argument("--distil-prob", type=float, default=0.3, help="share of sequences in the distillation branch")
     p.add_argument("--data-weight", type=float, default=0.1, help="weight of the data correlation term")
+    p.add_argument("--data-schedule", choices=DATA_SCHEDULES, default="sigmoid",
+                   help="its weight over t: sigmoid(20 (t - 1/2)) (sony/di4c sdtt) or constant")
+    p.add_argument("--consistency-marg-weight", type=float, default=1.0,
+                   help="weight of the consistency term's marginal KL (1: sony/di4c; 0: the teacher's marginals "
+                        "at x_t anchor them alone)")
+    p.add_argument("--lambda-init-scale", type=float, default=0.0,
+                   help="std of the lambda path's last layer at init (0: the student starts as the teacher)")
+    p.add_argument("--ema-target", type=float, default=0.0,
+                   help="EMA rate of the consistency target's student (0: the live student, as sony/di4c)")
+    p.add_argument("--student-grid", choices=STUDENT_GRIDS, default="uniform",
+                   help="the student's M-step time grid (power: p = 2)")
     p.add_argument("--sampler", choices=SOLVERS, default="tweedie",
                    help="the teacher's small steps and the student's own")
     p.add_argument("--eps", type=float, default=DEFAULT_EPS, help="terminal time t_M")

@@ -74,6 +74,9 @@ def test_losses_match_a_hand_computation_on_a_two_position_toy():
     rest = 0.3 * hand["data_cor"] + hand["data_marg"]
     assert float(out["total"][0]) == pytest.approx(hand["consistency_cor"] + hand["consistency_marg"] + rest, rel=1e-5)
     assert float(out_d["total"][0]) == pytest.approx(hand["distil"] + rest, rel=1e-5)
+    out_w = di4c.losses(*args, jnp.asarray([False]), jnp.asarray([0.3]), marg_weight=0.25)
+    assert float(out_w["total"][0]) == pytest.approx(
+        hand["consistency_cor"] + 0.25 * hand["consistency_marg"] + rest, rel=1e-5)
 
 
 @pytest.mark.slow
@@ -118,6 +121,44 @@ def test_bad_config_names_the_field():
         fit_lib.Di4CConfig(teacher_nfe=20).validate()
     with pytest.raises(ValueError, match="lambdas = 0"):
         fit_lib.Di4CConfig(lambdas=0).validate()
+    with pytest.raises(ValueError, match="ema_target = 1.0 must be a number in"):
+        fit_lib.Di4CConfig(ema_target=1.0).validate()
+    with pytest.raises(ValueError, match="data_schedule = 'cosine' is not supported; allowed: sigmoid, constant"):
+        fit_lib.Di4CConfig(data_schedule="cosine").validate()
+    with pytest.raises(ValueError, match="grid = 'jys' is not supported; allowed: uniform, power, cosine"):
+        fit_lib.Di4CConfig(grid="jys").validate()
+
+
+def test_random_lambda_init_breaks_the_symmetry_only_in_the_lambda_path():
+    """lambda_init_scale > 0: the DiT part is still the teacher's, the last lambda kernel has
+    that scale, and two lambdas now give different denoisers."""
+    g, noise = graphs.get_graph("absorb", V), LogLinear()
+    tparams = random_teacher_params()
+    params = di4c.init_student(DIT, tparams, jax.random.PRNGKey(3), lambda_init_scale=0.05)
+    for a, b in zip(jax.tree_util.tree_leaves(params["dit"]), jax.tree_util.tree_leaves(tparams)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kernel = np.asarray(params["lambda_embed"]["mlp_2"]["kernel"])
+    assert abs(kernel.std() - 0.05) < 0.005 and not np.asarray(params["lambda_embed"]["mlp_2"]["bias"]).any()
+    model, x = di4c.MixtureDiT(DIT), jnp.full((1, L), V, jnp.int32)  # all masked
+    sb = noise.total(jnp.asarray([0.7]))
+    lp = [di4c.student_log_p0(model, params, g, x, sb, jnp.asarray([lam])) for lam in (0.1, 0.6)]
+    assert float(jnp.abs(lp[0] - lp[1]).max()) > 1e-4
+
+
+def test_student_directory_carries_the_hmm(tmp_path):
+    """A student of an HMM-trained teacher loads with the HMM (exact lag KL metrics)."""
+    from lsd_jax.teachers.hmm import make_hmm
+
+    hmm = make_hmm(num_states=3, num_tokens=V, length=L, seed=0, support=2)
+    out = str(tmp_path / "s")
+    cfg = sedd.CheckpointConfig("sedd", "absorb", V, L, LogLinear().to_dict(), DIT, source="test")
+    di4c.save_student(out, di4c.init_student(DIT, random_teacher_params(), jax.random.PRNGKey(0)), cfg.to_dict(),
+                      {"lambda_seed": 0})
+    with open(os.path.join(out, "hmm.json"), "w") as f:
+        json.dump(hmm.to_dict(), f)
+    student = load_teacher(out)
+    assert student.hmm is not None and student.chain is None and student.oracle.HEADLINE == "lag_kl"
+    assert "lag_kl" in student.metrics(np.asarray(hmm.sample(jax.random.PRNGKey(1), 64)))
 
 
 TINY = dict(nfe=2, teacher_nfe=4, lambdas=2, batch_size=4, steps=4, lr=1e-2, warmup=1, eval_every=2, eval_samples=8,

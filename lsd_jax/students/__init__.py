@@ -4,8 +4,10 @@
   its losses and its score function; `lsd_jax.students.fit`: their training (optax, orbax
   resume) behind `lsd-jax distill-student`.
 
-Imports no jax (the CLI reads METHODS and STUDENT_FILE from here).
+Imports no jax (the CLI reads its choices and STUDENT_FILE from here).
 """
 
 METHODS = ("di4c",)
 STUDENT_FILE = "di4c.json"  # marks a student directory: `lsd-jax sample --checkpoint DIR` loads it as one
+DATA_SCHEDULES = ("sigmoid", "constant")  # the data correlation term's weight over t (sdtt: sigmoid)
+STUDENT_GRIDS = ("uniform", "power", "cosine")  # the student's M-step grid (grids.get_grid; power: p = 2)

@@ -48,11 +48,10 @@ import orbax.checkpoint as ocp
 from lsd_jax import solvers
 from lsd_jax.graphs import Graph
 from lsd_jax.models.dit import DiT, DiTConfig, timestep_embedding
-from lsd_jax.names import CHAIN_FILE
 from lsd_jax.noise import Noise
 from lsd_jax.students import STUDENT_FILE
 from lsd_jax.teachers import Teacher, letter_decoder
-from lsd_jax.teachers.markov import MarkovChain
+from lsd_jax.teachers.checkpoint import exact_oracles
 from ports import sedd
 
 Array = Any  # a jax array
@@ -95,15 +94,24 @@ def check_teacher(dit: DiTConfig, graph: Graph) -> None:
                          f"family {dit.family!r} on graph {graph.name!r}")
 
 
-def init_student(dit: DiTConfig, teacher_params: Any, key: Array) -> Any:
+def init_student(dit: DiTConfig, teacher_params: Any, key: Array, lambda_init_scale: float = 0.0) -> Any:
     """Student params: the teacher's DiT params under "dit" and a fresh lambda embedding whose
-    last layer is zero, so the student equals the teacher for every lambda."""
+    last layer is zero, so the student equals the teacher for every lambda. lambda_init_scale
+    > 0: that layer's kernel ~ N(0, scale^2) instead (the components differ from the start, as
+    sony/di4c's randomly initialised lambda token; the exact-teacher start is a saddle of the
+    correlation terms, whose gradient vanishes while all components agree)."""
     x = jnp.zeros((1, dit.length), jnp.int32)
-    fresh = MixtureDiT(dit).init(key, x, jnp.ones((1,), jnp.float32), jnp.zeros((1,), jnp.float32))["params"]
+    k_init, k_kernel = jax.random.split(key)
+    fresh = MixtureDiT(dit).init(k_init, x, jnp.ones((1,), jnp.float32), jnp.zeros((1,), jnp.float32))["params"]
     if jax.tree_util.tree_structure(fresh["dit"]) != jax.tree_util.tree_structure(teacher_params):
         raise ValueError("the teacher's params do not match its DiT config (tree structures differ)")
+    lam = fresh["lambda_embed"]
+    if lambda_init_scale > 0:
+        kernel = lam["mlp_2"]["kernel"]
+        lam = {**lam, "mlp_2": {**lam["mlp_2"],
+                                "kernel": lambda_init_scale * jax.random.normal(k_kernel, kernel.shape, kernel.dtype)}}
     copy = lambda a: jnp.array(a, copy=True)  # noqa: E731 (a donated training state never aliases the teacher)
-    return {"dit": jax.tree_util.tree_map(copy, teacher_params), "lambda_embed": fresh["lambda_embed"]}
+    return {"dit": jax.tree_util.tree_map(copy, teacher_params), "lambda_embed": lam}
 
 
 # ---------------------------------------------------------------------- denoisers
@@ -163,14 +171,17 @@ def correlation_term(lp: Array, x: Array) -> Array:
     return -mixture_log_pdf(lp, x) + marginal_log_pdf(mixture_log_marginal(lp), x)
 
 
-def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Array, w: Array) -> dict:
+def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Array, w: Array,
+           marg_weight: float = 1.0) -> dict:
     """Di4C's loss terms per sequence [B].
 
     lp [B, n, L, V]: the student's log p_{0|t}(. | x_t, lambda_i) (the only input with a
     gradient); lt [B, L, V]: the teacher's log p_{0|t}(. | x_t); lq [B, n, L, V]: the target's
     components, the student at (x_u, lambda'_i); x0 [B, L]: clean data; xhat [B, k, L]: draws
     of the target; distil [B] bool: t < delta (distillation, else consistency); w [B]: the
-    weight of the data correlation term. Returns the terms and "total".
+    weight of the data correlation term; marg_weight: the weight of consistency_marg in the total
+    (its one-x_u estimate is noisy; data_marg anchors the marginals exactly). Returns the terms
+    and "total".
     """
     lm = mixture_log_marginal(lp)
     out = {
@@ -180,7 +191,7 @@ def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Arra
         "data_cor": correlation_term(lp, x0),
         "data_marg": kl(lt, lm).sum(-1),
     }
-    consistency = out["consistency_cor"] + out["consistency_marg"]
+    consistency = out["consistency_cor"] + marg_weight * out["consistency_marg"]
     out["total"] = jnp.where(distil, out["distil"], consistency) + w * out["data_cor"] + out["data_marg"]
     return out
 
@@ -238,7 +249,7 @@ def save_student(out_dir: str, params: Any, teacher_config: dict, meta: dict) ->
 
 def load_student(path: str, lambda_seed: Optional[int] = None):
     """A saved student as a `lsd_jax.teachers.Teacher` (score function with lambda drawn
-    per call; the data chain's exact metrics when the teacher had chain.json)."""
+    per call; exact metrics when the teacher had chain.json or hmm.json)."""
     with open(os.path.join(path, TEACHER_CONFIG)) as f:
         tcfg = sedd.CheckpointConfig.from_dict(json.load(f))
     with open(os.path.join(path, STUDENT_FILE)) as f:
@@ -253,12 +264,8 @@ def load_student(path: str, lambda_seed: Optional[int] = None):
     finally:
         ckptr.close()
     seed = meta.get("lambda_seed", 0) if lambda_seed is None else lambda_seed
-    chain, decode = None, None
-    chain_file = os.path.join(path, CHAIN_FILE)
-    if os.path.exists(chain_file):
-        with open(chain_file) as f:
-            chain = MarkovChain.from_dict(json.load(f))
-        decode = letter_decoder(chain.num_tokens)
+    exact = exact_oracles(path, graph.num_tokens, tcfg.length)  # copied from the teacher by fit
+    decode = letter_decoder(graph.num_tokens) if exact else None
     name = f"di4c-{tcfg.graph}:{os.path.basename(os.path.normpath(path))}"
     return Teacher(student_score_fn(tcfg.dit, params, jax.random.PRNGKey(seed)), graph, noise, tcfg.length,
-                   name, chain, decode)
+                   name, decode=decode, **exact)

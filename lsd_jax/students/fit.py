@@ -1,15 +1,17 @@
 """Training a Di4C student (`lsd-jax distill-student --method di4c`): optax, orbax resume.
 
-One step (`Run.step`, jitted): B clean sequences x0 from the data (the exact chain the
-teacher was trained on: its checkpoint's chain.json), per sequence a branch (distillation
-with probability `distil_prob`, t ~ U(eps, delta); else consistency at a uniformly drawn
-time t_k of the student's M-step grid, u = t_{k+1}), x_t ~ q(x_t | x0), the teacher's
-log p_{0|t} at x_t, the teacher's J = teacher_nfe / M steps from t_k to u, n lambda draws,
-`di4c.losses`, AdamW (warm-up, then constant; gradient clipping). Every random number of
-step s comes from fold_in(key(seed), s), so a resumed run reproduces the uninterrupted one.
+One step (`Run.step`, jitted): B clean sequences x0 from the data (the exact chain or HMM
+the teacher was trained on: its checkpoint's chain.json / hmm.json), per sequence a branch
+(distillation with probability `distil_prob`, t ~ U(eps, delta); else consistency at a
+uniformly drawn time t_k of the student's M-step grid, u = t_{k+1}), x_t ~ q(x_t | x0), the
+teacher's log p_{0|t} at x_t, the teacher's J = teacher_nfe / M steps from t_k to u, n lambda
+draws, `di4c.losses` (the consistency target's student at u: the live params, or an EMA of
+them with `ema_target` > 0), AdamW (warm-up, then constant; gradient clipping). Every random
+number of step s comes from fold_in(key(seed), s), so a resumed run reproduces the
+uninterrupted one.
 
 Output directory: di4c.json (config, teacher, summary), teacher_config.json, student/
-(the params), chain.json (copied from the teacher), history.json, loss.png, state/
+(the params), chain.json / hmm.json (copied from the teacher), history.json, loss.png, state/
 (orbax training checkpoints, in .gitignore). `lsd-jax sample --checkpoint DIR` samples it.
 """
 
@@ -36,8 +38,8 @@ from tqdm.auto import tqdm
 from lsd_jax import grids, samplers, solvers
 from lsd_jax._compat import optax_update
 from lsd_jax.models.dit import score_fn_from
-from lsd_jax.names import CHAIN_FILE
-from lsd_jax.students import di4c
+from lsd_jax.names import CHAIN_FILE, HMM_FILE
+from lsd_jax.students import DATA_SCHEDULES, STUDENT_GRIDS, di4c
 from lsd_jax.teachers.checkpoint import load_teacher
 from ports import sedd
 
@@ -64,7 +66,12 @@ class Di4CConfig:
     dit_lr_scale: float = 1.0  # the teacher's DiT weights learn at lr x this (1: full fine-tuning, as sony/di4c)
     delta: float = 0.02  # distillation below delta (sdtt distil_delta)
     distil_prob: float = 0.3  # P(distillation branch) (sdtt _sample_t_like)
-    data_weight: float = 0.1  # sdtt alpha_const; x sigmoid(20 (t - 1/2)) (alpha_t "sigmoid")
+    data_weight: float = 0.1  # sdtt alpha_const; x sigmoid(20 (t - 1/2)) (alpha_t "sigmoid") or x 1
+    data_schedule: str = "sigmoid"  # the data correlation term's weight over t: sigmoid (sdtt) or constant
+    consistency_marg_weight: float = 1.0  # the consistency term's marginal KL (1: sony/di4c; 0: data_marg anchors them)
+    lambda_init_scale: float = 0.0  # std of the lambda path's last kernel at init (0: the student is the teacher)
+    ema_target: float = 0.0  # the consistency target's student at u: 0 = the live params (sony/di4c), else EMA
+    grid: str = "uniform"  # the student's M-step grid (grids.get_grid family; power: p = 2)
     sampler: str = "tweedie"  # the teacher's small steps and the student's sampling (sdtt: ancestral)
     eps: float = 1e-4  # t_M
     eval_every: int = 100
@@ -81,6 +88,7 @@ class Di4CConfig:
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
                 p.append(f"{name} = {v!r} must be an integer >= {lo}")
         for name, lo, hi in (("lr", 0.0, math.inf), ("grad_clip", 0.0, math.inf), ("dit_lr_scale", 0.0, 1.0),
+                             ("consistency_marg_weight", 0.0, math.inf), ("lambda_init_scale", 0.0, math.inf),
                              ("delta", 0.0, 1.0),
                              ("distil_prob", 0.0, 1.0), ("data_weight", 0.0, math.inf), ("eps", 0.0, 1.0)):
             v = getattr(self, name)
@@ -91,6 +99,12 @@ class Di4CConfig:
                      "(the teacher takes teacher_nfe / nfe steps per student step)")
         if not p and not self.eps < self.delta:
             p.append(f"delta = {self.delta} must exceed eps = {self.eps}")
+        if not (isinstance(self.ema_target, (int, float)) and 0.0 <= self.ema_target < 1.0):
+            p.append(f"ema_target = {self.ema_target!r} must be a number in [0, 1)")
+        if self.data_schedule not in DATA_SCHEDULES:
+            p.append(f"data_schedule = {self.data_schedule!r} is not supported; allowed: {', '.join(DATA_SCHEDULES)}")
+        if self.grid not in STUDENT_GRIDS:
+            p.append(f"grid = {self.grid!r} is not supported; allowed: {', '.join(STUDENT_GRIDS)}")
         if self.sampler not in solvers.KERNEL_SOLVERS:
             p.append(f"sampler = {self.sampler!r} is not supported; allowed: {', '.join(solvers.KERNEL_SOLVERS)}")
         return p
@@ -115,14 +129,14 @@ class Run:
         self.dit = self.ckpt_cfg.dit
         self.graph, self.noise = self.teacher.graph, self.teacher.noise
         di4c.check_teacher(self.dit, self.graph)
-        if self.teacher.chain is None:
-            raise ValueError(f"--checkpoint {teacher_dir} has no {CHAIN_FILE}: Di4C's data terms need the data the "
-                             "teacher was trained on (here: its Markov chain)")
+        if self.teacher.oracle is None:
+            raise ValueError(f"--checkpoint {teacher_dir} has no {CHAIN_FILE} or {HMM_FILE}: Di4C's data terms need "
+                             "the data the teacher was trained on (here: its Markov chain or HMM)")
         self.teacher_dir = teacher_dir
         self.teacher_params = tparams
         self.teacher_score = score_fn_from(model, tparams, self.ckpt_cfg)
         self.model = di4c.MixtureDiT(self.dit)
-        self.grid = jnp.asarray(grids.uniform(cfg.nfe, cfg.eps), jnp.float32)
+        self.grid = jnp.asarray(grids.get_grid(cfg.grid, cfg.nfe, cfg.eps), jnp.float32)
         def adam(lr):
             warm = optax.linear_schedule(0.0, lr, max(cfg.warmup, 1))
             sched = optax.join_schedules([warm, optax.constant_schedule(lr)], [cfg.warmup]) if cfg.warmup else lr
@@ -135,15 +149,20 @@ class Run:
         self.step = jax.jit(self._step, donate_argnums=(0,))
 
     def init_state(self) -> dict:
-        params = di4c.init_student(self.dit, self.teacher_params, jax.random.PRNGKey(self.cfg.seed))
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+        params = di4c.init_student(self.dit, self.teacher_params, jax.random.PRNGKey(self.cfg.seed),
+                                   self.cfg.lambda_init_scale)
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+        if self.cfg.ema_target > 0:
+            state["target"] = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params)
+        return state
 
-    def terms(self, params: Any, key: Array) -> dict:
-        """The loss terms [B] of one batch (see the module docstring)."""
+    def terms(self, params: Any, key: Array, target: Any = None) -> dict:
+        """The loss terms [B] of one batch (see the module docstring); target: the params of the
+        consistency target's student at u (default: params)."""
         cfg, graph, noise, m = self.cfg, self.graph, self.noise, self.cfg.nfe
         b, n, v = cfg.batch_size, cfg.lambdas, graph.num_tokens
         ks = jax.random.split(key, 9)
-        x0 = self.teacher.chain.sample(ks[0], b)  # [B, L]
+        x0 = self.teacher.oracle.sample(ks[0], b)  # [B, L]
         length = x0.shape[1]
         distil = jax.random.uniform(ks[1], (b,)) < cfg.distil_prob
         k = jax.random.randint(ks[2], (b,), 0, m)
@@ -156,18 +175,20 @@ class Run:
         x_u = di4c.teacher_jump(self.teacher_score, graph, noise, cfg.sampler, ks[5], x_t, t, u,
                                 cfg.teacher_nfe // m)
         rep = lambda a: jnp.repeat(a, n, axis=0)  # noqa: E731  [B, ...] -> [B n, ...]
-        lq = di4c.student_log_p0(self.model, params, graph, rep(x_u), rep(noise.total(u)),
+        tgt = params if target is None else target
+        lq = di4c.student_log_p0(self.model, tgt, graph, rep(x_u), rep(noise.total(u)),
                                  jax.random.uniform(ks[6], (b * n,))).reshape(b, n, length, v)
         lq = jax.lax.stop_gradient(lq)
         xhat = jax.random.categorical(ks[7], lq)  # [B, n, L]: one draw of the target per lambda'
         lp = di4c.student_log_p0(self.model, params, graph, rep(x_t), rep(sb_t),
                                  jax.random.uniform(ks[8], (b * n,))).reshape(b, n, length, v)
-        w = cfg.data_weight * jax.nn.sigmoid(20.0 * (t - 0.5))
-        return di4c.losses(lp, jax.lax.stop_gradient(lt), lq, x0, xhat, distil, w) | {"distil_branch": distil}
+        w = cfg.data_weight * (jax.nn.sigmoid(20.0 * (t - 0.5)) if cfg.data_schedule == "sigmoid" else 1.0)
+        out = di4c.losses(lp, jax.lax.stop_gradient(lt), lq, x0, xhat, distil, w, cfg.consistency_marg_weight)
+        return out | {"distil_branch": distil}
 
     def _step(self, state: dict, key: Array) -> tuple[dict, dict]:
         def loss_fn(params):
-            out = self.terms(params, jax.random.fold_in(key, state["step"]))
+            out = self.terms(params, jax.random.fold_in(key, state["step"]), state.get("target"))
             return out["total"].mean(), out
 
         (loss, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -179,7 +200,11 @@ class Run:
                    "consistency": jnp.sum(jnp.where(d, 0.0, out["consistency_cor"] + out["consistency_marg"]))
                    / _count(~d),
                    "data_cor": out["data_cor"].mean(), "data_marg": out["data_marg"].mean()}
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+        new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        if "target" in state:
+            r = self.cfg.ema_target
+            new["target"] = jax.tree_util.tree_map(lambda e, p: r * e + (1.0 - r) * p, state["target"], params)
+        return new, metrics
 
     def evaluate(self, params: Any) -> dict:
         """Exact metrics of eval_samples student samples at M steps (fixed key: comparable over steps)."""
@@ -242,7 +267,7 @@ def fit(teacher_dir: str, cfg: Di4CConfig, out_dir: str, *, resume: bool = False
             history.append(ent)
             acc = []
             msg = f"step {step}: loss {ent['loss']:.4f}" + "".join(
-                f", {k} {ent[k]:.4f}" for k in ("bigram_kl", "nll", "unigram_entropy") if k in ent)
+                f", {k} {ent[k]:.4f}" for k in ("lag_kl", "bigram_kl", "nll", "unigram_entropy") if k in ent)
             (bar.write if bar is not None else log)(msg)
         if step % cfg.checkpoint_every == 0 or step == end:
             if mngr.latest_step() != step:
@@ -257,7 +282,9 @@ def fit(teacher_dir: str, cfg: Di4CConfig, out_dir: str, *, resume: bool = False
                "train_wall_s": prev_wall + time.perf_counter() - t0, "device": jax.devices()[0].platform,
                "last_eval": history[-1] if history else None}
     di4c.save_student(out_dir, state["params"], run.ckpt_cfg.to_dict(), summary)
-    shutil.copyfile(os.path.join(teacher_dir, CHAIN_FILE), os.path.join(out_dir, CHAIN_FILE))
+    for fname in (CHAIN_FILE, HMM_FILE):
+        if os.path.exists(os.path.join(teacher_dir, fname)):
+            shutil.copyfile(os.path.join(teacher_dir, fname), os.path.join(out_dir, fname))
     with open(os.path.join(out_dir, HISTORY_FILE), "w") as f:
         json.dump(history, f, indent=1)
     plot_history(os.path.join(out_dir, PLOT_FILE), history, f"Di4C M={cfg.nfe} from {os.path.basename(teacher_dir)}")

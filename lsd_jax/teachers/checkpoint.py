@@ -62,19 +62,27 @@ def load_teacher(path: str, dtype=None) -> Teacher:
     if os.path.exists(tok_file):  # a text teacher trained in the project: its own tokenizer
         decode = _named_decoder(tok_file, graph.num_tokens)
     name = f"{cfg.family}-{cfg.graph}:{os.path.basename(os.path.normpath(path))}"
-    exact = {}  # a network trained on the synthetic chain / HMM: exact metrics apply
+    exact = exact_oracles(path, graph.num_tokens, cfg.length)
+    if exact:
+        decode = letter_decoder(graph.num_tokens)
+    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, decode=decode,
+                   features=_pooled_features(model, params, noise), **exact)
+
+
+def exact_oracles(path: str, num_tokens: int, length: int) -> dict:
+    """{"chain": MarkovChain} / {"hmm": HMM} from path/chain.json / hmm.json (the synthetic data a
+    network was trained on: exact metrics apply), {} if neither; a ValueError if V or L differ."""
+    exact = {}
     for field, fname, cls in (("chain", CHAIN_FILE, MarkovChain), ("hmm", HMM_FILE, HMM)):
         file = os.path.join(path, fname)
         if os.path.exists(file):
             with open(file) as f:
                 oracle = cls.from_dict(json.load(f))
-            if oracle.num_tokens != graph.num_tokens or oracle.length != cfg.length:
+            if oracle.num_tokens != num_tokens or oracle.length != length:
                 raise ValueError(f"{file}: V={oracle.num_tokens}, L={oracle.length} does not match the "
-                                 f"checkpoint's V={graph.num_tokens}, L={cfg.length}")
+                                 f"checkpoint's V={num_tokens}, L={length}")
             exact[field] = oracle
-            decode = letter_decoder(oracle.num_tokens)
-    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, decode=decode,
-                   features=_pooled_features(model, params, noise), **exact)
+    return exact
 
 
 def _pooled_features(model, params, noise, t: float = 1e-4, chunk: int = 256):
