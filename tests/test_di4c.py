@@ -101,6 +101,27 @@ def test_student_is_the_teacher_at_initialisation():
         assert float(jnp.abs(out[k]).max()) < 1e-4, k
 
 
+def test_student_score_has_the_absorbing_mass():
+    """At masked positions the student's score is p_{0|t} / expm1(sigmabar) (the exact absorbing
+    relation), so a Tweedie step reveals with the schedule's probability (t - s) / t under the
+    log-linear noise; unmasked positions keep the network's output."""
+    g, noise = graphs.get_graph("absorb", V), LogLinear()
+    x = jax.random.randint(jax.random.PRNGKey(4), (3, L), 0, V + 1).at[:, 0].set(V)
+    sb = noise.total(jnp.asarray([0.2, 0.5, 0.9]))
+    raw = 0.7 * jax.random.normal(jax.random.PRNGKey(5), (3, L, V + 1))
+    out = di4c.analytic_log_score(x, raw, sb)
+    masked = x == V
+    mass = jnp.exp(jax.nn.logsumexp(out[..., :V], axis=-1))
+    np.testing.assert_allclose(mass[masked], jnp.broadcast_to(1 / jnp.expm1(sb)[:, None], x.shape)[masked], rtol=1e-5)
+    np.testing.assert_allclose(di4c.log_p0(g, x, out), di4c.log_p0(g, x, raw), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(out)[~np.asarray(masked)], np.asarray(raw)[~np.asarray(masked)])
+    t, s_ = 0.5, 0.3  # reveal probability of one Tweedie step t -> s with this mass: (t' - s') / t', t' = (1 - eps) t
+    sbt, sbs = noise.total(jnp.asarray([t])), noise.total(jnp.asarray([s_]))
+    mass_t = jnp.exp(jax.nn.logsumexp(di4c.analytic_log_score(x[:1], raw[:1], sbt)[0, 0, :V]))
+    tp, sp = (1 - noise.eps) * t, (1 - noise.eps) * s_
+    assert float(jnp.expm1(sbt - sbs)[0] * mass_t) == pytest.approx((tp - sp) / tp, rel=1e-5)
+
+
 def test_lambda_draws():
     """One uniform per row and call: rows with equal tokens differ, a new sigmabar or state
     redraws, equal inputs repeat, and the draws look uniform."""

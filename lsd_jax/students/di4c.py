@@ -26,7 +26,9 @@ the absorbing graph (masked diffusion, as sony/di4c's sdtt/ code):
   data: the correlation part for clean data x0 weighted w(t) = data_weight sigmoid(20 (t -
   1/2)), plus sum_d KL(teacher_d || m_d).
 - Sampling (`student_score_fn`): the library's samplers with a score function that draws
-  lambda ~ U(0, 1) per sequence and network call.
+  lambda ~ U(0, 1) per sequence and network call, its mass fixed by the absorbing relation
+  s = p_{0|t} / expm1(sigmabar) (`analytic_log_score`), so a Tweedie step reveals each masked
+  position with the schedule's probability, as sdtt's ancestral sampler.
 
 The choices where the paper and the code differ or are silent: notes/splits.md.
 """
@@ -172,7 +174,7 @@ def correlation_term(lp: Array, x: Array) -> Array:
 
 
 def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Array, w: Array,
-           marg_weight: float = 1.0) -> dict:
+           marg_weight: float = 1.0, consistency_weight: float = 1.0) -> dict:
     """Di4C's loss terms per sequence [B].
 
     lp [B, n, L, V]: the student's log p_{0|t}(. | x_t, lambda_i) (the only input with a
@@ -180,8 +182,8 @@ def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Arra
     components, the student at (x_u, lambda'_i); x0 [B, L]: clean data; xhat [B, k, L]: draws
     of the target; distil [B] bool: t < delta (distillation, else consistency); w [B]: the
     weight of the data correlation term; marg_weight: the weight of consistency_marg in the total
-    (its one-x_u estimate is noisy; data_marg anchors the marginals exactly). Returns the terms
-    and "total".
+    (its one-x_u estimate is noisy; data_marg anchors the marginals exactly); consistency_weight:
+    that of the whole consistency term (0: the data terms alone). Returns the terms and "total".
     """
     lm = mixture_log_marginal(lp)
     out = {
@@ -191,7 +193,7 @@ def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Arra
         "data_cor": correlation_term(lp, x0),
         "data_marg": kl(lt, lm).sum(-1),
     }
-    consistency = out["consistency_cor"] + marg_weight * out["consistency_marg"]
+    consistency = consistency_weight * (out["consistency_cor"] + marg_weight * out["consistency_marg"])
     out["total"] = jnp.where(distil, out["distil"], consistency) + w * out["data_cor"] + out["data_marg"]
     return out
 
@@ -214,6 +216,20 @@ def lambdas_for(key: Array, x: Array, sigmabar: Array) -> Array:
     return jax.vmap(one)(jnp.arange(b, dtype=jnp.uint32), h, s)
 
 
+def analytic_log_score(x: Array, log_score: Array, sigmabar: Array) -> Array:
+    """The absorbing graph's exact score-denoiser relation imposed on a network's log score
+    [B, L, V + 1] (mask id V): at masked positions log s(y) = log p_{0|t}(y) - log expm1(sigmabar)
+    with p_{0|t} the softmax over the V data tokens (`log_p0`); elsewhere unchanged. The total
+    mass, and so the reveal probability of a Tweedie / Euler step, is then the noise schedule's
+    (sdtt's ancestral sampler), not whatever the network's unnormalised output says: Di4C's
+    losses see only p_{0|t}, so nothing else would hold the student's mass."""
+    v = log_score.shape[-1] - 1
+    lp = jax.nn.log_softmax(log_score[..., :v].astype(jnp.float32), axis=-1)
+    lp = (lp - jnp.log(jnp.expm1(jnp.asarray(sigmabar, jnp.float32)))[:, None, None]).astype(log_score.dtype)
+    tokens = jnp.where((x == v)[..., None], lp, log_score[..., :v])
+    return jnp.concatenate([tokens, log_score[..., v:]], axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class _StudentScore:
     """Hashable part of the student's score function; params and the lambda key are leaves."""
@@ -221,7 +237,8 @@ class _StudentScore:
     model: MixtureDiT
 
     def __call__(self, params: Any, key: Array, x: Array, sigmabar: Array) -> Array:
-        return self.model.apply({"params": params}, x, sigmabar, lambdas_for(key, x, sigmabar))
+        out = self.model.apply({"params": params}, x, sigmabar, lambdas_for(key, x, sigmabar))
+        return analytic_log_score(x, out, sigmabar)
 
 
 def student_score_fn(dit: DiTConfig, params: Any, key: Array) -> jax.tree_util.Partial:

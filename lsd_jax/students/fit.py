@@ -68,6 +68,7 @@ class Di4CConfig:
     distil_prob: float = 0.3  # P(distillation branch) (sdtt _sample_t_like)
     data_weight: float = 0.1  # sdtt alpha_const; x sigmoid(20 (t - 1/2)) (alpha_t "sigmoid") or x 1
     data_schedule: str = "sigmoid"  # the data correlation term's weight over t: sigmoid (sdtt) or constant
+    consistency_weight: float = 1.0  # the whole consistency term (0: the data terms alone)
     consistency_marg_weight: float = 1.0  # the consistency term's marginal KL (1: sony/di4c; 0: data_marg anchors them)
     lambda_init_scale: float = 0.0  # std of the lambda path's last kernel at init (0: the student is the teacher)
     ema_target: float = 0.0  # the consistency target's student at u: 0 = the live params (sony/di4c), else EMA
@@ -89,6 +90,7 @@ class Di4CConfig:
                 p.append(f"{name} = {v!r} must be an integer >= {lo}")
         for name, lo, hi in (("lr", 0.0, math.inf), ("grad_clip", 0.0, math.inf), ("dit_lr_scale", 0.0, 1.0),
                              ("consistency_marg_weight", 0.0, math.inf), ("lambda_init_scale", 0.0, math.inf),
+                             ("consistency_weight", 0.0, math.inf),
                              ("delta", 0.0, 1.0),
                              ("distil_prob", 0.0, 1.0), ("data_weight", 0.0, math.inf), ("eps", 0.0, 1.0)):
             v = getattr(self, name)
@@ -183,7 +185,8 @@ class Run:
         lp = di4c.student_log_p0(self.model, params, graph, rep(x_t), rep(sb_t),
                                  jax.random.uniform(ks[8], (b * n,))).reshape(b, n, length, v)
         w = cfg.data_weight * (jax.nn.sigmoid(20.0 * (t - 0.5)) if cfg.data_schedule == "sigmoid" else 1.0)
-        out = di4c.losses(lp, jax.lax.stop_gradient(lt), lq, x0, xhat, distil, w, cfg.consistency_marg_weight)
+        out = di4c.losses(lp, jax.lax.stop_gradient(lt), lq, x0, xhat, distil, w, cfg.consistency_marg_weight,
+                          cfg.consistency_weight)
         return out | {"distil_branch": distil}
 
     def _step(self, state: dict, key: Array) -> tuple[dict, dict]:
