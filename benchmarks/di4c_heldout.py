@@ -36,7 +36,8 @@ from lsd_jax.eval.text_metrics import unigram_entropy  # noqa: E402
 from lsd_jax.students import STUDENT_FILE  # noqa: E402
 from lsd_jax.teachers.checkpoint import load_teacher  # noqa: E402
 
-BASELINE_ROWS = ("teacher (euler)", "euler", "best fixed grid", "tuned grid (exact)", "lsd", "lsd+")
+BASELINE_ROWS = ("teacher (euler)", "euler", "best fixed grid", "tuned grid (exact)", "lsd", "lsd+",
+                 "planned reveal (screened counts)")
 
 
 def divergence_keys(teacher) -> tuple:
@@ -48,10 +49,14 @@ def divergence_keys(teacher) -> tuple:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True, help="the network teacher the students were distilled from")
-    p.add_argument("--students", nargs="+", required=True, help="student directories (lsd-jax distill-student)")
+    p.add_argument("--students", nargs="*", default=[], help="student directories (lsd-jax distill-student)")
+    p.add_argument("--nfe", type=int, nargs="*", default=[], help="teacher rows at these NFE too (without students)")
     p.add_argument("--baseline", default=None, help="an nfe_vs_quality result JSON on the same seeds")
     p.add_argument("--teacher-nfe", type=int, default=1024, help="the teacher's many steps (without --baseline)")
-    p.add_argument("--tune-budget", type=int, default=0, help="CMA-ES evaluations of a grid tuned for each student")
+    p.add_argument("--tune-budget", type=int, default=0,
+                   help="CMA-ES evaluations of a grid tuned for the teacher and for each student")
+    p.add_argument("--tune-nfe", type=int, nargs="*", default=[8], help="the NFE at which grids are tuned")
+    p.add_argument("--ref-nfe", type=int, default=64, help="teacher steps of the entropy-guard reference (seed 1)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--samples", type=int, default=1024)
     p.add_argument("--name", required=True)
@@ -65,8 +70,8 @@ def main(argv=None) -> int:
     for d in a.students:
         with open(os.path.join(d, STUDENT_FILE)) as f:
             students.append((d, json.load(f)))
-    nfes = sorted({meta["config"]["nfe"] for _, meta in students})
-    eps = students[0][1]["config"]["eps"]
+    nfes = sorted({meta["config"]["nfe"] for _, meta in students} | set(a.nfe))
+    eps = students[0][1]["config"]["eps"] if students else 1e-4
     rows, t_start = [], time.perf_counter()
 
     def add(name, m, res, extra=None):
@@ -87,22 +92,43 @@ def main(argv=None) -> int:
             if r["sampler"] in BASELINE_ROWS and (r["nfe"] in nfes or (r["sampler"] == "teacher (euler)"
                                                                       and r["nfe"] == top)):
                 rows.append({**{k: v for k, v in r.items() if k != "gap_closed"}, "source": src})
-    else:
+    if not any(r["sampler"] == "teacher (euler)" for r in rows):
         add("teacher (euler)", a.teacher_nfe, evaluate_sampler(teacher, grids.uniform(a.teacher_nfe, eps),
                                                                seeds=seeds, num_samples=a.samples))
     # tuning material (never a held-out seed): seed 0 scores grids, seed 1 is the entropy reference
     select_div = make_divergence("exact", teacher)
-    ref = run_sampler(teacher, grids.uniform(256, eps), seed=1, num_samples=a.samples)
+    ref = run_sampler(teacher, grids.uniform(a.ref_nfe, eps), seed=1, num_samples=a.samples)
     ref_entropy = unigram_entropy(ref, mode="pooled")
     for m in nfes:
         print(f"NFE {m}", flush=True)
         uni = grids.uniform(m, eps)
-        if not any(r["sampler"] == "euler" and r["nfe"] == m for r in rows):
-            add("euler", m, evaluate_sampler(teacher, uni, seeds=seeds, num_samples=a.samples))
         planned = reveal.get_policy("planned")
         counts = reveal.screened_counts(reveal.planned_order(teacher.length), m)
-        add("planned reveal (screened counts)", m, _reveal_eval(teacher, uni, planned, counts, seeds, a.samples),
-            {"counts": counts.tolist()})
+
+        def have(name):
+            return any(r["sampler"] == name and r["nfe"] == m for r in rows)
+
+        if not have("euler"):
+            add("euler", m, evaluate_sampler(teacher, uni, seeds=seeds, num_samples=a.samples))
+        if not have("best fixed grid"):
+            t0 = time.perf_counter()
+            best_t, table = tune.best_fixed_grid(teacher, m, select_div, eps=eps, crn_seeds=(0,),
+                                                 num_samples=a.samples)
+            add("best fixed grid", m, evaluate_sampler(teacher, best_t, seeds=seeds, num_samples=a.samples),
+                {"grid_name": min(table, key=lambda r: r["divergence"])["grid"],
+                 "seconds": time.perf_counter() - t0})
+        tune_here = a.tune_budget > 0 and m in a.tune_nfe
+        if tune_here and not have("tuned grid (exact)"):
+            t0 = time.perf_counter()
+            params, _ = tune.search(teacher, m, select_div, eps=eps, budget=a.tune_budget, crn_seeds=(0,),
+                                    num_samples=a.samples, entropy_ref=ref_entropy, progress=False,
+                                    init_grid=grids.get_grid("power", m, eps))
+            add("tuned grid (exact)", m, evaluate_sampler(teacher, params.grid(), seeds=seeds, num_samples=a.samples),
+                {"grid": np.asarray(params.grid()).tolist(), "budget": a.tune_budget,
+                 "seconds": time.perf_counter() - t0})
+        if not have("planned reveal (screened counts)"):
+            add("planned reveal (screened counts)", m, _reveal_eval(teacher, uni, planned, counts, seeds, a.samples),
+                {"counts": counts.tolist()})
         for d, meta in students:
             cfg = meta["config"]
             if cfg["nfe"] != m:
@@ -122,7 +148,7 @@ def main(argv=None) -> int:
             add("di4c + best fixed grid", m, evaluate_sampler(student, best, sampler=sampler, seeds=seeds,
                                                               num_samples=a.samples),
                 {**extra, "grid_name": best_name, "select_minutes": (time.perf_counter() - t0) / 60})
-            if a.tune_budget > 0:
+            if tune_here:
                 t0 = time.perf_counter()
                 params, _ = tune.search(student, m, select_div, sampler=sampler, eps=cfg["eps"],
                                         budget=a.tune_budget, init_grid=best, crn_seeds=(0,),

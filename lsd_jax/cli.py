@@ -748,7 +748,8 @@ def cmd_distill_student(args) -> int:
             steps=args.steps, lr=args.lr, warmup=args.warmup, dit_lr_scale=args.dit_lr_scale, delta=args.delta,
             distil_prob=args.distil_prob,
             data_weight=args.data_weight, data_schedule=args.data_schedule, ema_target=args.ema_target,
-            consistency_weight=args.consistency_weight, consistency_marg_weight=args.consistency_marg_weight,
+            estimator=args.estimator, consistency_weight=args.consistency_weight,
+            consistency_marg_weight=args.consistency_marg_weight,
             lambda_init_scale=args.lambda_init_scale,
             grid=args.student_grid, sampler=args.sampler, eps=args.eps, eval_every=args.eval_every,
             eval_samples=args.eval_samples, checkpoint_every=args.checkpoint_every, seed=args.seed).validate()
@@ -767,7 +768,7 @@ def cmd_distill_student(args) -> int:
 
 
 def _add_distill_student(sub) -> None:
-    from lsd_jax.students import DATA_SCHEDULES, METHODS, STUDENT_GRIDS
+    from lsd_jax.students import DATA_SCHEDULES, ESTIMATORS, METHODS, STUDENT_GRIDS
 
     p = sub.add_parser("distill-student", help="distil a network teacher into a few-step student network "
                        "(Di4C mixture student)")
@@ -788,6 +789,9 @@ def _add_distill_student(sub) -> None:
     p.add_argument("--data-weight", type=float, default=0.1, help="weight of the data correlation term")
     p.add_argument("--data-schedule", choices=DATA_SCHEDULES, default="sigmoid",
                    help="its weight over t: sigmoid(20 (t - 1/2)) (sony/di4c sdtt) or constant")
+    p.add_argument("--estimator", choices=ESTIMATORS, default="cv",
+                   help="KL estimator: cv (sony/di4c: correlation part + closed-form marginal KLs) or plain "
+                        "(-log of the mixture on the target's draws and the data)")
     p.add_argument("--consistency-weight", type=float, default=1.0,
                    help="weight of the consistency term (0: the data terms alone)")
     p.add_argument("--consistency-marg-weight", type=float, default=1.0,

@@ -11,3 +11,4 @@ METHODS = ("di4c",)
 STUDENT_FILE = "di4c.json"  # marks a student directory: `lsd-jax sample --checkpoint DIR` loads it as one
 DATA_SCHEDULES = ("sigmoid", "constant")  # the data correlation term's weight over t (sdtt: sigmoid)
 STUDENT_GRIDS = ("uniform", "power", "cosine")  # the student's M-step grid (grids.get_grid; power: p = 2)
+ESTIMATORS = ("cv", "plain")  # the KL estimator of the consistency / data terms (sony/di4c: cv)

@@ -174,7 +174,7 @@ def correlation_term(lp: Array, x: Array) -> Array:
 
 
 def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Array, w: Array,
-           marg_weight: float = 1.0, consistency_weight: float = 1.0) -> dict:
+           marg_weight: float = 1.0, consistency_weight: float = 1.0, estimator: str = "cv") -> dict:
     """Di4C's loss terms per sequence [B].
 
     lp [B, n, L, V]: the student's log p_{0|t}(. | x_t, lambda_i) (the only input with a
@@ -183,7 +183,11 @@ def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Arra
     of the target; distil [B] bool: t < delta (distillation, else consistency); w [B]: the
     weight of the data correlation term; marg_weight: the weight of consistency_marg in the total
     (its one-x_u estimate is noisy; data_marg anchors the marginals exactly); consistency_weight:
-    that of the whole consistency term (0: the data terms alone). Returns the terms and "total".
+    that of the whole consistency term (0: the data terms alone); estimator: "cv" (sony/di4c's
+    control variate: correlation part + marginal KLs in closed form) or "plain" (the paper's
+    Monte Carlo KL: -log mix(x) on the draws x of the target and on the data, no marginal terms;
+    proper for any n, while the cv form's two parts are estimated from n components each and
+    can drift apart). Returns the terms and "total".
     """
     lm = mixture_log_marginal(lp)
     out = {
@@ -193,8 +197,14 @@ def losses(lp: Array, lt: Array, lq: Array, x0: Array, xhat: Array, distil: Arra
         "data_cor": correlation_term(lp, x0),
         "data_marg": kl(lt, lm).sum(-1),
     }
-    consistency = consistency_weight * (out["consistency_cor"] + marg_weight * out["consistency_marg"])
-    out["total"] = jnp.where(distil, out["distil"], consistency) + w * out["data_cor"] + out["data_marg"]
+    if estimator == "plain":
+        out["consistency_nll"] = jax.vmap(lambda xk: -mixture_log_pdf(lp, xk), in_axes=1, out_axes=1)(xhat).mean(1)
+        out["data_nll"] = -mixture_log_pdf(lp, x0)
+        consistency, data = consistency_weight * out["consistency_nll"], w * out["data_nll"]
+    else:
+        consistency = consistency_weight * (out["consistency_cor"] + marg_weight * out["consistency_marg"])
+        data = w * out["data_cor"] + out["data_marg"]
+    out["total"] = jnp.where(distil, out["distil"], consistency) + data
     return out
 
 

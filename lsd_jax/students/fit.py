@@ -39,7 +39,7 @@ from lsd_jax import grids, samplers, solvers
 from lsd_jax._compat import optax_update
 from lsd_jax.models.dit import score_fn_from
 from lsd_jax.names import CHAIN_FILE, HMM_FILE
-from lsd_jax.students import DATA_SCHEDULES, STUDENT_GRIDS, di4c
+from lsd_jax.students import DATA_SCHEDULES, ESTIMATORS, STUDENT_GRIDS, di4c
 from lsd_jax.teachers.checkpoint import load_teacher
 from ports import sedd
 
@@ -68,6 +68,7 @@ class Di4CConfig:
     distil_prob: float = 0.3  # P(distillation branch) (sdtt _sample_t_like)
     data_weight: float = 0.1  # sdtt alpha_const; x sigmoid(20 (t - 1/2)) (alpha_t "sigmoid") or x 1
     data_schedule: str = "sigmoid"  # the data correlation term's weight over t: sigmoid (sdtt) or constant
+    estimator: str = "cv"  # the KL estimator: cv (sony/di4c's control variate) or plain (-log mix, the paper's)
     consistency_weight: float = 1.0  # the whole consistency term (0: the data terms alone)
     consistency_marg_weight: float = 1.0  # the consistency term's marginal KL (1: sony/di4c; 0: data_marg anchors them)
     lambda_init_scale: float = 0.0  # std of the lambda path's last kernel at init (0: the student is the teacher)
@@ -103,6 +104,8 @@ class Di4CConfig:
             p.append(f"delta = {self.delta} must exceed eps = {self.eps}")
         if not (isinstance(self.ema_target, (int, float)) and 0.0 <= self.ema_target < 1.0):
             p.append(f"ema_target = {self.ema_target!r} must be a number in [0, 1)")
+        if self.estimator not in ESTIMATORS:
+            p.append(f"estimator = {self.estimator!r} is not supported; allowed: {', '.join(ESTIMATORS)}")
         if self.data_schedule not in DATA_SCHEDULES:
             p.append(f"data_schedule = {self.data_schedule!r} is not supported; allowed: {', '.join(DATA_SCHEDULES)}")
         if self.grid not in STUDENT_GRIDS:
@@ -186,7 +189,7 @@ class Run:
                                  jax.random.uniform(ks[8], (b * n,))).reshape(b, n, length, v)
         w = cfg.data_weight * (jax.nn.sigmoid(20.0 * (t - 0.5)) if cfg.data_schedule == "sigmoid" else 1.0)
         out = di4c.losses(lp, jax.lax.stop_gradient(lt), lq, x0, xhat, distil, w, cfg.consistency_marg_weight,
-                          cfg.consistency_weight)
+                          cfg.consistency_weight, cfg.estimator)
         return out | {"distil_branch": distil}
 
     def _step(self, state: dict, key: Array) -> tuple[dict, dict]:
