@@ -51,7 +51,10 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", required=True, help="the network teacher the students were distilled from")
     p.add_argument("--students", nargs="*", default=[], help="student directories (lsd-jax distill-student)")
     p.add_argument("--nfe", type=int, nargs="*", default=[], help="teacher rows at these NFE too (without students)")
-    p.add_argument("--baseline", default=None, help="an nfe_vs_quality result JSON on the same seeds")
+    p.add_argument("--baseline", nargs="*", default=[],
+                   help="result JSONs on the same seeds (nfe_vs_quality, or this script's: its di4c rows too)")
+    p.add_argument("--only-students", action="store_true",
+                   help="no teacher rows (merge them later with --baseline); the gap column needs them")
     p.add_argument("--teacher-nfe", type=int, default=1024, help="the teacher's many steps (without --baseline)")
     p.add_argument("--tune-budget", type=int, default=0,
                    help="CMA-ES evaluations of a grid tuned for the teacher and for each student")
@@ -70,7 +73,8 @@ def main(argv=None) -> int:
     for d in a.students:
         with open(os.path.join(d, STUDENT_FILE)) as f:
             students.append((d, json.load(f)))
-    nfes = sorted({meta["config"]["nfe"] for _, meta in students} | set(a.nfe))
+    nfes = {meta["config"]["nfe"] for _, meta in students} | set(a.nfe)
+    students_meta = {d: meta for d, meta in students}
     eps = students[0][1]["config"]["eps"] if students else 1e-4
     rows, t_start = [], time.perf_counter()
 
@@ -80,26 +84,40 @@ def main(argv=None) -> int:
         print(f"  {name:<40} M {m:>4}: " + "  ".join(f"{k} {row[k]:.4f}+-{row[k + '_std']:.4f}"
                                                     for k in keys + ("unigram_entropy",)), flush=True)
 
-    if a.baseline:
-        with open(a.baseline) as f:
+    for path in a.baseline:
+        with open(path) as f:
             base = json.load(f)
         if base["seeds"] != seeds or base["samples"] != a.samples:
-            raise ValueError(f"--baseline {a.baseline} is on seeds {base['seeds']} x {base['samples']}, not "
+            raise ValueError(f"--baseline {path} is on seeds {base['seeds']} x {base['samples']}, not "
                              f"{seeds} x {a.samples}")
-        src = f"{os.path.basename(a.baseline)} (commit {base['provenance']['commit']})"
-        top = max(r["nfe"] for r in base["rows"] if r["sampler"] == "teacher (euler)")
+        src = f"{os.path.basename(path)} (commit {base['provenance']['commit']})"
+        top = max((r["nfe"] for r in base["rows"] if r["sampler"] == "teacher (euler)"), default=None)
         for r in base["rows"]:
-            if r["sampler"] in BASELINE_ROWS and (r["nfe"] in nfes or (r["sampler"] == "teacher (euler)"
-                                                                      and r["nfe"] == top)):
-                rows.append({**{k: v for k, v in r.items() if k != "gap_closed"}, "source": src})
-    if not any(r["sampler"] == "teacher (euler)" for r in rows):
+            if r["sampler"].startswith("di4c"):
+                nfes_base = nfes | {r["nfe"]}
+                students_meta.update(base.get("student_meta", {}))
+            else:
+                nfes_base = nfes
+            if (r["sampler"] in BASELINE_ROWS or r["sampler"].startswith("di4c")) and (
+                    r["nfe"] in nfes_base or (r["sampler"] == "teacher (euler)" and r["nfe"] == top)):
+                rows.append({**{k: v for k, v in r.items() if k not in ("gap_closed", "source")},
+                             "source": r.get("source") if r.get("source", "this run") != "this run" else src})
+    if a.only_students:
+        pass
+    elif not any(r["sampler"] == "teacher (euler)" for r in rows):
         add("teacher (euler)", a.teacher_nfe, evaluate_sampler(teacher, grids.uniform(a.teacher_nfe, eps),
                                                                seeds=seeds, num_samples=a.samples))
     # tuning material (never a held-out seed): seed 0 scores grids, seed 1 is the entropy reference
     select_div = make_divergence("exact", teacher)
-    ref = run_sampler(teacher, grids.uniform(a.ref_nfe, eps), seed=1, num_samples=a.samples)
-    ref_entropy = unigram_entropy(ref, mode="pooled")
-    for m in nfes:
+    ref_cache = {}
+
+    def ref_entropy() -> float:  # the entropy guard's reference, computed once when a grid is tuned
+        if not ref_cache:
+            ref = run_sampler(teacher, grids.uniform(a.ref_nfe, eps), seed=1, num_samples=a.samples)
+            ref_cache["h"] = unigram_entropy(ref, mode="pooled")
+        return ref_cache["h"]
+
+    for m in sorted(nfes):
         print(f"NFE {m}", flush=True)
         uni = grids.uniform(m, eps)
         planned = reveal.get_policy("planned")
@@ -108,9 +126,11 @@ def main(argv=None) -> int:
         def have(name):
             return any(r["sampler"] == name and r["nfe"] == m for r in rows)
 
-        if not have("euler"):
+        if a.only_students:
+            pass
+        elif not have("euler"):
             add("euler", m, evaluate_sampler(teacher, uni, seeds=seeds, num_samples=a.samples))
-        if not have("best fixed grid"):
+        if not a.only_students and not have("best fixed grid"):
             t0 = time.perf_counter()
             best_t, table = tune.best_fixed_grid(teacher, m, select_div, eps=eps, crn_seeds=(0,),
                                                  num_samples=a.samples)
@@ -118,15 +138,15 @@ def main(argv=None) -> int:
                 {"grid_name": min(table, key=lambda r: r["divergence"])["grid"],
                  "seconds": time.perf_counter() - t0})
         tune_here = a.tune_budget > 0 and m in a.tune_nfe
-        if tune_here and not have("tuned grid (exact)"):
+        if tune_here and not a.only_students and not have("tuned grid (exact)"):
             t0 = time.perf_counter()
             params, _ = tune.search(teacher, m, select_div, eps=eps, budget=a.tune_budget, crn_seeds=(0,),
-                                    num_samples=a.samples, entropy_ref=ref_entropy, progress=False,
+                                    num_samples=a.samples, entropy_ref=ref_entropy(), progress=False,
                                     init_grid=grids.get_grid("power", m, eps))
             add("tuned grid (exact)", m, evaluate_sampler(teacher, params.grid(), seeds=seeds, num_samples=a.samples),
                 {"grid": np.asarray(params.grid()).tolist(), "budget": a.tune_budget,
                  "seconds": time.perf_counter() - t0})
-        if not have("planned reveal (screened counts)"):
+        if not a.only_students and not have("planned reveal (screened counts)"):
             add("planned reveal (screened counts)", m, _reveal_eval(teacher, uni, planned, counts, seeds, a.samples),
                 {"counts": counts.tolist()})
         for d, meta in students:
@@ -152,21 +172,22 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 params, _ = tune.search(student, m, select_div, sampler=sampler, eps=cfg["eps"],
                                         budget=a.tune_budget, init_grid=best, crn_seeds=(0,),
-                                        num_samples=a.samples, entropy_ref=ref_entropy, progress=False)
+                                        num_samples=a.samples, entropy_ref=ref_entropy(), progress=False)
                 add("di4c + tuned grid (exact)", m, evaluate_sampler(student, params.grid(), sampler=sampler,
                                                                      seeds=seeds, num_samples=a.samples),
                     {**extra, "grid": np.asarray(params.grid()).tolist(), "budget": a.tune_budget,
                      "tune_minutes": (time.perf_counter() - t0) / 60})
 
     head = keys[0]
-    ceiling = max((r for r in rows if r["sampler"] == "teacher (euler)"), key=lambda r: r["nfe"])
+    ceiling = max((r for r in rows if r["sampler"] == "teacher (euler)"), key=lambda r: r["nfe"], default=None)
     for r in rows:
         r.setdefault("source", "this run")
         eul = next((e for e in rows if e["sampler"] == "euler" and e["nfe"] == r["nfe"]), None)
-        r["gap_closed"] = gap_closed(r[head], eul[head], ceiling[head]) if eul and r is not ceiling else None
-    payload = {"provenance": provenance(), "teacher": teacher.describe(), "students": [d for d, _ in students],
-               "student_meta": {d: meta for d, meta in students}, "seeds": seeds, "samples": a.samples,
-               "gap_key": head, "reference_entropy": ref_entropy, "rows": rows,
+        r["gap_closed"] = gap_closed(r[head], eul[head], ceiling[head]) \
+            if eul and ceiling and r is not ceiling else None
+    payload = {"provenance": provenance(), "teacher": teacher.describe(), "students": sorted(students_meta),
+               "student_meta": students_meta, "seeds": seeds, "samples": a.samples,
+               "gap_key": head, "reference_entropy": ref_cache.get("h"), "rows": rows,
                "seconds": time.perf_counter() - t_start}
     md = markdown(payload, teacher, keys)
     jp, mp = write_results(a.name, payload, md)
