@@ -221,6 +221,9 @@ def test_cli_trains_and_samples_a_student(teacher_dir, tmp_path, capsys):
     assert main(["sample", "--checkpoint", out, "--nfe", "2", "--sampler", "tweedie", "--num-samples", "16",
                  "--json", str(res)]) == 0
     assert json.loads(res.read_text())["network_calls"] == 3
+    assert main(["sample", "--checkpoint", out, "--nfe", "2", "--reveal", "planned", "--num-samples", "16",
+                 "--json", str(res)]) == 0  # a reveal policy on the student (lambda drawn per call inside its score)
+    assert json.loads(res.read_text())["network_calls"] <= 3
     assert main(["distill-student", "--checkpoint", teacher_dir, "--nfe", "3", "--teacher-nfe", "4",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "multiple of nfe" in capsys.readouterr().err
