@@ -1,6 +1,6 @@
 """`lsd-jax` command line: sample, distill, tune, convert, train-teacher, distill-student.
 
-~860 lines: the parser and the command of each subcommand, which stay thin (the work is in
+~880 lines: the parser and the command of each subcommand, which stay thin (the work is in
 the library); the allowed values come from `lsd_jax.names`, the flag checks from
 `lsd_jax.validate`.
 """
