@@ -243,7 +243,7 @@ def main(argv=None) -> int:
 
 
 def di4c_rows(path: str, args, add, select_div, crn) -> None:
-    """Rows of a Di4C student (its own sampler and NFE): on the uniform grid, and on the best
+    """Rows of a Di4C student (its own sampler and NFE): on the grid it was trained for, and on the best
     fixed grid chosen for the student on the tuning seeds (the student as a teacher object).
     Training cost: the student's train_wall_s."""
     import json
@@ -259,7 +259,8 @@ def di4c_rows(path: str, args, add, select_div, crn) -> None:
     ev = Evaluator(student, args)
     extra = {"student": path, "train_seconds": meta["train_wall_s"], "train_steps": meta["step"],
              "seconds": meta["train_wall_s"]}
-    add(f"di4c ({sampler})", m, ev(grids.uniform(m, cfg["eps"]), sampler=sampler)[0], extra)
+    own = cfg.get("grid", "uniform")  # the grid the student was trained for
+    add(f"di4c ({sampler}, {own} grid)", m, ev(grids.get_grid(own, m, cfg["eps"]), sampler=sampler)[0], extra)
     t0 = time.perf_counter()
     best_grid, table = tune.best_fixed_grid(student, m, select_div, sampler=sampler, eps=cfg["eps"], crn_seeds=crn,
                                             num_samples=args.samples)

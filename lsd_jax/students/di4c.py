@@ -30,7 +30,8 @@ the absorbing graph (masked diffusion, as sony/di4c's sdtt/ code):
   s = p_{0|t} / expm1(sigmabar) (`analytic_log_score`), so a Tweedie step reveals each masked
   position with the schedule's probability, as sdtt's ancestral sampler.
 
-The choices where the paper and the code differ or are silent: notes/splits.md.
+The choices where the paper and the code differ or are silent: the closing notes of issue 17
+(sessions 1 and 2).
 """
 
 from __future__ import annotations
