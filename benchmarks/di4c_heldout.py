@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import provenance, write_results  # noqa: E402
 
-from lsd_jax import grids, reveal, tune  # noqa: E402
+from lsd_jax import distill, grids, reveal, tune  # noqa: E402
 from lsd_jax.divergences import make_divergence  # noqa: E402
 from lsd_jax.eval.sampling import HELD_OUT_SEED0, evaluate_sampler, gap_closed, run_sampler  # noqa: E402
 from lsd_jax.eval.text_metrics import unigram_entropy  # noqa: E402
@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-nfe", type=int, default=1024, help="the teacher's many steps (without --baseline)")
     p.add_argument("--tune-budget", type=int, default=0,
                    help="CMA-ES evaluations of a grid tuned for the teacher and for each student")
+    p.add_argument("--lsd-plus-epochs", type=int, default=0,
+                   help="LSD+ (phi and grid, distill.fit) on the teacher and on each student at --tune-nfe (0: skip)")
     p.add_argument("--tune-nfe", type=int, nargs="*", default=[8], help="the NFE at which grids are tuned")
     p.add_argument("--ref-nfe", type=int, default=64, help="teacher steps of the entropy-guard reference (seed 1)")
     p.add_argument("--seeds", type=int, default=3)
@@ -98,7 +100,9 @@ def main(argv=None) -> int:
                 students_meta.update(base.get("student_meta", {}))
             else:
                 nfes_base = nfes
-            if (r["sampler"] in BASELINE_ROWS or r["sampler"].startswith("di4c")) and (
+            seen = any((e["sampler"], e["nfe"], e.get("student")) == (r["sampler"], r["nfe"], r.get("student"))
+                       for e in rows)  # the same row copied through two files
+            if not seen and (r["sampler"] in BASELINE_ROWS or r["sampler"].startswith("di4c")) and (
                     r["nfe"] in nfes_base or (r["sampler"] == "teacher (euler)" and r["nfe"] == top)):
                 rows.append({**{k: v for k, v in r.items() if k not in ("gap_closed", "source")},
                              "source": r.get("source") if r.get("source", "this run") != "this run" else src})
@@ -146,6 +150,21 @@ def main(argv=None) -> int:
             add("tuned grid (exact)", m, evaluate_sampler(teacher, params.grid(), seeds=seeds, num_samples=a.samples),
                 {"grid": np.asarray(params.grid()).tolist(), "budget": a.tune_budget,
                  "seconds": time.perf_counter() - t0})
+        lsd_here = a.lsd_plus_epochs > 0 and m in a.tune_nfe
+
+        def lsd_plus(model, sampler):  # (row result, extra) of LSD+ fitted on `model` at M = m
+            cfg = distill.DistillConfig(method="lsd+", sampler=sampler, nfe=m, teacher_nfe=256, eps=eps,
+                                        epochs=a.lsd_plus_epochs, val_samples=256)
+            t0 = time.perf_counter()
+            params, hist = distill.fit(model, cfg, progress=False)
+            res = evaluate_sampler(model, params.grid(), sampler=sampler, phi=params.phi, seeds=seeds,
+                                   num_samples=a.samples)
+            return res, {"lsd_minutes": (time.perf_counter() - t0) / 60, "epochs": a.lsd_plus_epochs,
+                         "phi": np.asarray(params.phi).tolist(), "grid": np.asarray(params.grid()).tolist()}
+
+        if lsd_here and not a.only_students and not have("lsd+"):
+            res, info = lsd_plus(teacher, "tweedie")
+            add("lsd+", m, res, info)
         if not a.only_students and not have("planned reveal (screened counts)"):
             add("planned reveal (screened counts)", m, _reveal_eval(teacher, uni, planned, counts, seeds, a.samples),
                 {"counts": counts.tolist()})
@@ -157,6 +176,11 @@ def main(argv=None) -> int:
             sampler, g_own = cfg["sampler"], grids.get_grid(cfg.get("grid", "uniform"), m, cfg["eps"])
             extra = {"student": d, "train_minutes": meta["train_wall_s"] / 60, "train_steps": meta["step"],
                      "student_grid": cfg.get("grid", "uniform")}
+            if lsd_here:
+                res, info = lsd_plus(student, sampler)
+                add("di4c + lsd+", m, res, {**extra, **info})
+            if a.lsd_plus_epochs > 0:  # an LSD+ pass alone: the other student rows come from --baseline
+                continue
             add(f"di4c ({cfg.get('grid', 'uniform')} grid)", m,
                 evaluate_sampler(student, g_own, sampler=sampler, seeds=seeds, num_samples=a.samples), extra)
             add("di4c + planned reveal", m, _reveal_eval(student, g_own, planned, counts, seeds, a.samples),
