@@ -274,7 +274,9 @@ def markdown(p: dict) -> str:
         lines.insert(-1, f"- NLL/char: {ev.get('evaluator', '?')} NLL per character of the decoded samples (nats, BOS in "
                          "front; all seeds), ± 95% t interval; gap closed by it; Δ vs Euler: paired difference "
                          "against Euler at the same M (same seed and index), 95% t interval")
+    exact_nll = "nll" in ce  # exact teachers: NLL per token of the samples under the true law
     cols = ["policy", "M", "counts", "calls", key, "gap closed", "unigram entropy"]
+    cols += ["NLL/token (exact)"] if exact_nll else []
     cols += ["NLL/char", "gap closed (NLL)", "Δ NLL/char vs Euler"] if nll else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
@@ -283,6 +285,8 @@ def markdown(p: dict) -> str:
         gap = f"{r['gap_closed']:.0%}" if r.get("gap_closed") is not None else ""
         cells = [r["label"], str(m), counts, f"{r['network_calls']:.2f}", f"{r[key]:.4f} ± {r[key + '_std']:.4f}", gap,
                  f"{r['unigram_entropy']:.4f} ± {r['unigram_entropy_std']:.4f}"]
+        if exact_nll:
+            cells.append(f"{r['nll']:.4f}")
         if nll:
             iv, d = r["nll_per_char_interval"], r.get("nll_vs_euler")
             g = r.get("nll_gap_closed")
