@@ -5,10 +5,17 @@ Teachers: the exact chain (any chain seed), a network checkpoint (exact metrics 
 trained on a chain), or the exact HMM oracle (`--hmm`, when lsd_jax.teachers.hmm exists).
 Divergence: the exact bigram KL on chain teachers; otherwise the n-gram divergence against the
 teacher's own many-step samples (seed 1). The ceiling is the teacher's `--teacher-nfe`-step
-sampler on the same held-out seeds.
+sampler on the same held-out seeds. The teacher's many-step runs (ceiling and n-gram reference)
+are cached per (teacher, steps, seed, samples) under `--cache-dir`, so reruns and other policy
+sets reuse them. Text teachers: `--evaluator smollm2` adds the evaluator's NLL per character
+(`lsd_jax.eval.char_nll`) of every row's decoded samples (all seeds), its share of the gap, and
+the paired difference against Euler at the same M; `--show-samples k` puts k decoded samples per
+policy side by side in the markdown. The results files are rewritten after every row.
 
     python benchmarks/reveal_policies.py --teacher-seed 0 --name reveal-exact-s0
     python benchmarks/reveal_policies.py --checkpoint checkpoints/chain-absorb --samples 256 --name reveal-net-chain
+    python benchmarks/reveal_policies.py --checkpoint checkpoints/text-char-absorb --samples 32 --teacher-nfe 256 \
+        --evaluator smollm2 --show-samples 2 --name reveal-text-char-absorb
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import provenance, write_results  # noqa: E402
-from lsd_jax import grids, reveal, tune  # noqa: E402
+from lsd_jax import divergences, grids, reveal, tune  # noqa: E402
 from lsd_jax.eval.sampling import HELD_OUT_SEED0, evaluate_sampler, gap_closed, run_sampler  # noqa: E402
 
 EPS = 1e-4
@@ -45,8 +52,29 @@ def parse(argv=None):
     p.add_argument("--ceiling-from", default=None,
                    help="PATH:NFE: take the teacher row (same seeds and samples) from an nfe_vs_quality results JSON "
                         "instead of sampling it again (exact teachers)")
+    p.add_argument("--evaluator", default=None, help="text teachers: causal LM for NLL per character (smollm2, ...)")
+    p.add_argument("--cache-dir", default="runs/reveal-cache", help="teacher runs (and evaluator scores) cached here")
     p.add_argument("--name", required=True)
     return p.parse_args(argv)
+
+
+def teacher_slug(args) -> str:
+    """Names the teacher in cache file names."""
+    if args.checkpoint:
+        return os.path.basename(os.path.normpath(args.checkpoint))
+    return f"{'hmm' if args.hmm else 'markov'}-s{args.teacher_seed}"
+
+
+def teacher_tokens(teacher, args, seed: int) -> np.ndarray:
+    """[samples, L] from the teacher's `--teacher-nfe`-step Euler sampler, cached on disk."""
+    path = os.path.join(args.cache_dir, f"{teacher_slug(args)}-euler{args.teacher_nfe}-seed{seed}-n{args.samples}.npy")
+    if os.path.isfile(path):
+        return np.load(path)
+    tok = run_sampler(teacher, grids.uniform(args.teacher_nfe, EPS), seed=seed, num_samples=args.samples)
+    os.makedirs(args.cache_dir, exist_ok=True)
+    np.save(path + ".tmp.npy", tok)
+    os.replace(path + ".tmp.npy", path)
+    return tok
 
 
 def load(args):
@@ -67,8 +95,7 @@ def divergence_fn(teacher, args):
     """(name, divergence(tokens) -> float); exact bigram KL when the teacher has a chain."""
     if teacher.exact:  # the exact teacher's headline divergence (chain: bigram KL; HMM: lag KL)
         return getattr(getattr(teacher, "oracle", teacher.chain), "HEADLINE", "bigram_kl"), None
-    ref = run_sampler(teacher, grids.uniform(args.teacher_nfe, EPS), seed=1, num_samples=args.samples)
-    return "ngram", tune.make_divergence("ngram", teacher, ref)
+    return "ngram", divergences.make_divergence("ngram", teacher, teacher_tokens(teacher, args, 1))
 
 
 def rows_for(teacher, m: int, args) -> list:
@@ -86,10 +113,12 @@ def rows_for(teacher, m: int, args) -> list:
     return rows
 
 
-def evaluate_row(teacher, grid, policy, remask, counts, seeds, args, div):
+def evaluate_row(teacher, grid, policy, remask, counts, seeds, args, div, ceiling: bool = False):
     toks, calls = [], []
     for s in seeds:
-        if counts is not None:
+        if ceiling:
+            t, c = teacher_tokens(teacher, args, s), float(args.teacher_nfe + 1)
+        elif counts is not None:
             import jax
 
             out = reveal.sample(teacher.score_fn, teacher.graph, teacher.noise, grid, jax.random.PRNGKey(s),
@@ -110,7 +139,37 @@ def evaluate_row(teacher, grid, policy, remask, counts, seeds, args, div):
     res = {k: float(np.mean([p[k] for p in per])) for k in keys}
     res.update({k + "_std": float(np.std([p[k] for p in per], ddof=1)) if len(per) > 1 else 0.0 for k in keys})
     res["sample_text"] = [teacher.decode(r) for r in toks[0][: args.show_samples]] if teacher.decode else []
+    if args.evaluator:  # every sample of every seed, for the evaluator (seed-major: paired by seed and index)
+        res["texts"] = [teacher.decode(r) for t in toks for r in t]
     return res
+
+
+class NllScorer:
+    """NLL per character under `args.evaluator` of a row's texts (loaded once, on first use)."""
+
+    def __init__(self, name: str):
+        self.name, self.ev = name, None
+
+    def __call__(self, row: dict, base: dict | None, ceiling: dict) -> None:
+        """Adds nll_per_char (+ interval) to `row`; with `base` (Euler at the same M) also its
+        share of the base -> ceiling gap and the paired difference against base."""
+        from lsd_jax.eval.char_nll import mean_interval, paired_difference, score_texts
+        from lsd_jax.eval.genppl import load_evaluator
+
+        if self.ev is None:
+            self.ev = load_evaluator(self.name, check=True)
+            print(f"evaluator {self.ev.name}: known English text gen-PPL {self.ev.known_text_ppl:.1f}", flush=True)
+        sc = score_texts(self.ev, row["texts"])
+        row["nll_per_char"] = sc.summary()["nll_per_char"]
+        row["nll_per_char_interval"] = mean_interval(sc.nll_per_char).to_dict()
+        row["nll_texts"] = sc.nll_per_char.tolist()
+        if base is not None:
+            row["nll_gap_closed"] = gap_closed(row["nll_per_char"], base["nll_per_char"], ceiling["nll_per_char"])
+            if row is not base:
+                row["nll_vs_euler"] = paired_difference(sc.nll_per_char, base["nll_texts"]).to_dict()
+
+    def meta(self) -> dict | None:
+        return None if self.ev is None else {"evaluator": self.ev.name, "known_text_ppl": self.ev.known_text_ppl}
 
 
 def ceiling_from(spec: str, seeds, args) -> dict:
@@ -139,8 +198,23 @@ def main(argv=None) -> int:
     if args.ceiling_from:
         ceiling = ceiling_from(args.ceiling_from, seeds, args)
     else:
-        ceiling = evaluate_row(teacher, grids.uniform(args.teacher_nfe, EPS), None, None, None, seeds, args, div)
+        ceiling = evaluate_row(teacher, grids.uniform(args.teacher_nfe, EPS), None, None, None, seeds, args, div,
+                               ceiling=True)
+    nll = NllScorer(args.evaluator) if args.evaluator else None
+    if nll:
+        nll(ceiling, None, ceiling)
     results = []
+    payload = {**provenance(), "teacher": teacher.describe(), "divergence": key, "seeds": seeds,
+               "samples": args.samples, "teacher_nfe": args.teacher_nfe, "ceiling": ceiling, "rows": results,
+               "data_unigram_entropy": (getattr(teacher, "oracle", teacher.chain).unigram_entropy()
+                                        if teacher.exact else None)}
+
+    def save(final: bool = False):
+        payload["seconds"], payload["complete"] = time.perf_counter() - t0, final
+        jpath, mpath = write_results(args.name, payload, markdown(payload))
+        plot(payload, os.path.join(os.path.dirname(jpath), args.name + ".png"))
+        return jpath, mpath
+
     for m in args.nfe:
         rows = rows_for(teacher, m, args)
         if args.best_grid:
@@ -161,23 +235,24 @@ def main(argv=None) -> int:
                       "counts": (np.asarray(counts).tolist() if counts is not None else
                                  reveal.counts_from_grid(teacher.noise, grid, teacher.length).tolist()
                                  if policy is not None else None)})
+            if nll:
+                nll(r, base, ceiling)
             results.append(r)
             print(f"M={m} {label:<40} {key} {r[key]:.4f} gap {r['gap_closed']:.0%} H {r['unigram_entropy']:.4f} "
                   f"calls {r['network_calls']:.2f}", flush=True)
+            save()
         for b in args.eb_budgets:
             r = evaluate_row(teacher, grids.uniform(m, EPS), reveal.EB(b), None, None, seeds, args, div)
             r.update({"label": f"eb (budget {b})", "nfe": None, "eb_budget": b, "section_nfe": m,
                       "gap_closed": gap_closed(r[key], base[key], ceiling[key])})
+            if nll:
+                nll(r, base, ceiling)
             results.append(r)
             print(f"eb {b}: {key} {r[key]:.4f} H {r['unigram_entropy']:.4f} calls {r['network_calls']:.2f}", flush=True)
+            save()
         args.eb_budgets = []  # eb does not depend on M: once
-    payload = {**provenance(), "teacher": teacher.describe(), "divergence": key, "seeds": seeds,
-               "samples": args.samples, "teacher_nfe": args.teacher_nfe, "ceiling": ceiling, "rows": results,
-               "seconds": time.perf_counter() - t0,
-               "data_unigram_entropy": (getattr(teacher, "oracle", teacher.chain).unigram_entropy()
-                                        if teacher.exact else None)}
-    jpath, mpath = write_results(args.name, payload, markdown(payload))
-    plot(payload, os.path.join(os.path.dirname(jpath), args.name + ".png"))
+    payload["evaluator"] = nll.meta() if nll else None
+    jpath, mpath = save(final=True)
     print("wrote", jpath, mpath)
     return 0
 
@@ -193,7 +268,16 @@ def markdown(p: dict) -> str:
              "- calls = network calls per sample actually made (ctmc: M + final denoise; reveal policies with "
              "counts summing to L skip the denoise; eb: adaptive, its mean)", ""]
     ce = p["ceiling"]
-    cols = ["policy", "M", "counts", "calls", key, "gap closed", "unigram entropy"] + (["NLL/token"] if "nll" in ce else [])
+    nll = "nll_per_char" in ce
+    if nll:
+        ev = p.get("evaluator") or {"evaluator": "the evaluator"}
+        lines.insert(-1, f"- NLL/char: {ev.get('evaluator', '?')} NLL per character of the decoded samples (nats, BOS in "
+                         "front; all seeds), ± 95% t interval; gap closed by it; Δ vs Euler: paired difference "
+                         "against Euler at the same M (same seed and index), 95% t interval")
+    exact_nll = "nll" in ce  # exact teachers: NLL per token of the samples under the true law
+    cols = ["policy", "M", "counts", "calls", key, "gap closed", "unigram entropy"]
+    cols += ["NLL/token (exact)"] if exact_nll else []
+    cols += ["NLL/char", "gap closed (NLL)", "Δ NLL/char vs Euler"] if nll else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
 
     def row(r, m):
@@ -201,8 +285,14 @@ def markdown(p: dict) -> str:
         gap = f"{r['gap_closed']:.0%}" if r.get("gap_closed") is not None else ""
         cells = [r["label"], str(m), counts, f"{r['network_calls']:.2f}", f"{r[key]:.4f} ± {r[key + '_std']:.4f}", gap,
                  f"{r['unigram_entropy']:.4f} ± {r['unigram_entropy_std']:.4f}"]
-        if "nll" in ce:
+        if exact_nll:
             cells.append(f"{r['nll']:.4f}")
+        if nll:
+            iv, d = r["nll_per_char_interval"], r.get("nll_vs_euler")
+            g = r.get("nll_gap_closed")
+            cells += [f"{r['nll_per_char']:.3f} ± {iv['half_width']:.3f}", f"{g:.0%}" if g is not None else "",
+                      f"{d['mean']:+.3f} [{d['mean'] - d['half_width']:+.3f}, {d['mean'] + d['half_width']:+.3f}]"
+                      if d else ""]
         return "| " + " | ".join(cells) + " |"
 
     lines.append(row({**ce, "label": f"teacher (euler, {p['teacher_nfe']} steps)", "counts": None}, p["teacher_nfe"]))
@@ -210,12 +300,19 @@ def markdown(p: dict) -> str:
         lines.append(row(r, r["nfe"] if r["nfe"] is not None else "adaptive"))
     if p.get("data_unigram_entropy"):
         lines += ["", f"data unigram entropy {p['data_unigram_entropy']:.4f} nats"]
+    if not p.get("complete", True):
+        lines += ["", "**incomplete: the run stopped before all rows were done**"]
     texts = [r for r in p["rows"] if r.get("sample_text")]
     if texts:
-        lines += ["", "## Decoded samples (first held-out seed)", ""]
+        k = max(len(r["sample_text"]) for r in texts)
+        cell = lambda t: "`" + t.replace("`", "'").replace("|", "\\|") + "`"  # noqa: E731
+        lines += ["", "## Decoded samples side by side (first held-out seed, same sample indices)", "",
+                  "| policy | M | " + " | ".join(f"sample {i + 1}" for i in range(k)) + " |", "|" + "---|" * (k + 2)]
+        if ce.get("sample_text"):
+            lines.append(f"| teacher | {p['teacher_nfe']} | " + " | ".join(cell(t) for t in ce["sample_text"][:k]) + " |")
         for r in texts:
-            lines.append(f"**{r['label']}, M={r['nfe']}**")
-            lines += ["```"] + [t.replace("```", "'''") for t in r["sample_text"]] + ["```"]
+            m = r["nfe"] if r["nfe"] is not None else "adaptive"
+            lines.append(f"| {r['label']} | {m} | " + " | ".join(cell(t) for t in r["sample_text"]) + " |")
     return "\n".join(lines) + "\n"
 
 

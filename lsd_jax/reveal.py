@@ -407,10 +407,16 @@ def _reveal_step(score_fn, graph, policy, x, sb, phi_k, reading, key, rank, coun
     return jnp.where(chosen, drawn, x), chosen, lp_drawn
 
 
-@functools.partial(jax.jit, static_argnames=("graph", "noise", "policy", "remask", "reading", "draw_dtype"))
-def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, policy, remask, reading, draw_dtype):
+@functools.partial(jax.jit, static_argnames=("graph", "noise", "policy", "remask", "reading", "draw_dtype", "mesh"))
+def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, policy, remask, reading, draw_dtype,
+         mesh=None):
     """grid [C + 1], phi [C], counts [C] padded to a capacity C >= m (traced); eb ignores them.
-    value: the policy's own parameter (traced: eb budget / spread), so tuning it does not recompile."""
+    value: the policy's own parameter (traced: eb budget / spread), so tuning it does not recompile.
+    mesh: the batch stays split over its devices (the tokens pinned after every call)."""
+    from lsd_jax import sharding as sharding_lib
+
+    pin = (lambda a: sharding_lib.constrain_batch(a, mesh)) if mesh is not None else (lambda a: a)
+    x = pin(x)
     bsz, length = x.shape
     mask = graph.mask_id
     zero = jnp.zeros((bsz,), jnp.int32)
@@ -422,7 +428,7 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, p
         active = jnp.any(x == mask, -1).astype(jnp.int32)  # [B]: samples that still had work for this call
         x_new, chosen, lp_d = _reveal_step(score_fn, graph, policy, x, sb, phi_k, reading, key_k, rank, count,
                                            draw_dtype, value)
-        return (x_new, calls + active, jnp.where(chosen, lp_d.astype(lp.dtype), lp), jnp.where(chosen, k, rev))
+        return (pin(x_new), calls + active, jnp.where(chosen, lp_d.astype(lp.dtype), lp), jnp.where(chosen, k, rev))
 
     if isinstance(policy, EB):
         def cond(c):
@@ -474,13 +480,17 @@ def _run(score_fn, graph, noise, grid, phi, counts, m, rank, value, key, x, *, p
 
 def sample(score_fn, graph: Graph, noise: Noise, grid, key: Array, batch_size: int, length: int, *,
            policy: Policy, counts=None, phi=None, reading: str = "linear", remask: Remask = Remask(),
-           order: Optional[np.ndarray] = None, x64: bool = False, x_init: Optional[Array] = None) -> RevealSamples:
+           order: Optional[np.ndarray] = None, x64: bool = False, x_init: Optional[Array] = None,
+           mesh="auto") -> RevealSamples:
     """Runs a reveal policy from all-masked on `grid` [M + 1]: step k evaluates the score at
     sigmabar(t_k) and reveals counts[k] positions (default `counts_from_grid`); eb ignores
     the grid's counts (it uses t_M for a leftover denoise only). Compiles once for every
     M <= 1024 (grid, phi and counts padded as in `samplers.sample`). `order` [L] overrides
-    the planned order (a permutation of 0..L-1)."""
+    the planned order (a permutation of 0..L-1). mesh: as `samplers.sample` ("auto": the
+    batch split over all devices when there are several and they divide it; None: one
+    device); the samples equal the one-device run's (same key, same random numbers)."""
     from lsd_jax import grids as grids_lib
+    from lsd_jax import sharding as sharding_lib
     from lsd_jax._compat import x64_enabled
 
     if not graph.is_absorbing:
@@ -511,9 +521,16 @@ def sample(score_fn, graph: Graph, noise: Noise, grid, key: Array, batch_size: i
     phi_pad = jnp.concatenate([phi.astype(fdt), jnp.ones((cap - m,), fdt)])
     c_pad = jnp.concatenate([counts, jnp.zeros((cap - m,), jnp.int32)])
     x0 = graph.sample_limit(key, (batch_size, length)) if x_init is None else jnp.asarray(x_init, jnp.int32)
-    tokens, calls, batch_calls, rev = _run(
-        samplers.as_pytree_fn(score_fn), graph, noise, g_pad, phi_pad, c_pad, jnp.asarray(m, jnp.int32),
-        jnp.asarray(order_rank(order)), jnp.asarray(value, fdt), jax.random.fold_in(key, 1), x0, policy=static,
-        remask=remask,
-        reading=reading, draw_dtype=jnp.float64 if x64 else jnp.float32)
+    if isinstance(mesh, str):
+        samplers.check_choice("mesh", mesh, ("auto",))
+        mesh = sharding_lib.default_mesh(batch_size)
+    traced = (samplers.as_pytree_fn(score_fn), g_pad, phi_pad, c_pad, jnp.asarray(m, jnp.int32),
+              jnp.asarray(order_rank(order)), jnp.asarray(value, fdt), jax.random.fold_in(key, 1))
+    if mesh is not None:
+        traced = sharding_lib.replicate(traced, mesh)
+        x0 = sharding_lib.shard_batch(x0, mesh)
+    tokens, calls, batch_calls, rev = _run(graph=graph, noise=noise, x=x0, policy=static, remask=remask, reading=reading,
+                                           draw_dtype=jnp.float64 if x64 else jnp.float32, mesh=mesh,
+                                           **dict(zip(("score_fn", "grid", "phi", "counts", "m", "rank", "value", "key"),
+                                                      traced)))
     return RevealSamples(tokens, calls, batch_calls, rev)

@@ -294,3 +294,39 @@ def test_solvers_hook_reveals_the_grid_counts():
     step_of = np.repeat(np.arange(1, 6), counts)[reveal.order_rank(reveal.planned_order(16))]
     np.testing.assert_array_equal(np.asarray(out.reveal), np.broadcast_to(step_of, (4, 16)))
     assert (np.asarray(out.tokens) < 5).all()
+
+
+REVEAL_SHARDED = """
+import json
+import numpy as np, jax
+from lsd_jax import grids, reveal, sharding
+from lsd_jax.graphs import Absorbing
+from lsd_jax.noise import LogLinear
+from lsd_jax.teachers.markov import make_chain
+
+chain = make_chain(4, 8, seed=3)
+graph = Absorbing(4)
+fn = chain.score_fn(graph)
+res = {"devices": jax.device_count()}
+cases = {"confidence+remask": (reveal.Confidence(spread=0.5), reveal.Remask(1, 2)), "eb": (reveal.EB(1.0), reveal.Remask())}
+for name, (policy, remask) in cases.items():
+    kw = dict(policy=policy, remask=remask)
+    a = reveal.sample(fn, graph, LogLinear(), grids.uniform(4, 1e-4), jax.random.PRNGKey(7), 8, 8, **kw)
+    b = reveal.sample(fn, graph, LogLinear(), grids.uniform(4, 1e-4), jax.random.PRNGKey(7), 8, 8, mesh=None, **kw)
+    res[name] = {"spans": len(a.tokens.sharding.device_set),
+                 "same_tokens": bool(np.array_equal(np.asarray(a.tokens), np.asarray(b.tokens))),
+                 "same_calls": bool(np.array_equal(np.asarray(a.calls), np.asarray(b.calls))),
+                 "same_batch_calls": int(a.network_calls) == int(b.network_calls),
+                 "done": bool((np.asarray(a.tokens) < 4).all())}
+print(json.dumps(res))
+"""
+
+
+@pytest.mark.slow  # a subprocess with 4 forced CPU devices: 4 compilations, ~1-5 min on the shared CPU
+def test_sharded_reveal_sampling_equals_single_device():
+    from test_sharding import run_with_devices
+
+    res = run_with_devices(REVEAL_SHARDED, timeout=900)
+    assert res.pop("devices") == 4
+    for name, r in res.items():
+        assert r == {"spans": 4, "same_tokens": True, "same_calls": True, "same_batch_calls": True, "done": True}, name

@@ -29,16 +29,16 @@ def run_sampler(model: ScoreModel, grid, *, sampler: str = "euler", phi=None, re
     (mesh: as `samplers.sample`; None keeps the run on one device).
 
     reveal: a `lsd_jax.reveal` policy (None or ctmc: the plain sampler), run by `reveal.sample`
-    (one device); remask: its corrector. return_calls: also the mean network calls per sample
-    actually made."""
+    (its batch sharded by `mesh` as the plain sampler's); remask: its corrector. return_calls:
+    also the mean network calls per sample actually made."""
     from lsd_jax import reveal as reveal_lib
 
     if reveal is not None and not isinstance(reveal, reveal_lib.Ctmc):
         check_model(model)
         out = reveal_lib.sample(model.score_fn, model.graph, model.noise, grid, jax.random.PRNGKey(seed),
                                 num_samples, model.length, policy=reveal, phi=phi, reading=reading,
-                                remask=remask or reveal_lib.Remask(), x64=x64)
-        tokens, calls = np.asarray(out.tokens), float(np.mean(np.asarray(out.calls)))
+                                remask=remask or reveal_lib.Remask(), x64=x64, mesh=mesh)
+        tokens, calls = sharding.to_host(out.tokens), float(np.mean(sharding.to_host(out.calls)))
     else:
         out = sample(model, grid, jax.random.PRNGKey(seed), num_samples, sampler=sampler, phi=phi, reading=reading,
                      x64=x64, mesh=mesh)
