@@ -127,3 +127,25 @@ def test_time_conditioned_nets_are_not_reused():
         assert not samplers.reusable(fn)
         out = samplers.sample(fn, Absorbing(V - 1), LogLinear(), grids.uniform(8, 1e-3), jax.random.PRNGKey(0), 1, L)
         assert out.network_calls == 9
+
+
+@pytest.mark.slow
+def test_gradient_in_phi_passes_the_masked_head():
+    """The distillation loss differentiates in phi through apply_phi(score_fn(x)), under
+    jax.checkpoint (student_loss): the masked head's while loop is on the primal side only."""
+    cfg, params = random_net("sedd", scale_by_sigma=True)
+    x = masked_x(jax.random.PRNGKey(5), 2, 0.5)
+    sb = jnp.asarray([0.7, 0.7])
+
+    def loss(phi, head):
+        fn = dit.score_fn_from(dit.DiT(cfg), params, cfg, head=head)
+        body = jax.checkpoint(lambda p: jnp.sum(jnp.exp(samplers.apply_phi(x, jax.lax.stop_gradient(fn(x, sb)), p))))
+        return body(phi)
+
+    grad = float(jax.jit(jax.grad(loss), static_argnums=1)(jnp.float32(0.8), "masked"))
+    # d/dphi of sum phi exp(ls) off the current token: exp(ls) summed there (unmasked rows: exp(NEG_INF) = 0)
+    m = np.asarray(x) == V - 1
+    ls = np.asarray(dit.score_fn_from(dit.DiT(cfg), params, cfg, head="masked")(x, sb))
+    want = np.sum(np.where(np.arange(V) == np.asarray(x)[..., None], 0.0, np.exp(ls)) * m[..., None])  # d/dphi
+    assert want > 0
+    np.testing.assert_allclose(grad, want, rtol=1e-4)
