@@ -377,7 +377,7 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
         n_masked = int((xn == TOKENS).sum(1).max())
         r["masked_positions"] = n_masked
         r["masked_flops_per_sequence"] = masked_flops(fl, n_masked * bsz, L * bsz, dit.HEAD_TILE)
-        r["rounds"] = per_round(r["timings"], fl["total"] * bsz, r["masked_flops_per_sequence"])
+        r["rounds"] = per_round(r["timings"], fl["total"] * bsz, r["masked_flops_per_sequence"] * bsz)
         r["masked_head_saving_step_s"] = tm["ours_step_full"] - tm["ours_step"]
         for who in ("ours", "upstream"):
             if f"{who}_step" not in tm:
@@ -390,7 +390,7 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
         r["ours_forward_full_gflops"] = fl["total"] * bsz / tm["ours_forward_full"] / 1e9
         # whole samples
         whole: dict = {}
-        if shape["whole"]:
+        if shape["whole"] and (args.whole_batches is None or bsz in args.whole_batches):
             grid = {m: grids.uniform(m, EPS) for m in args.nfe}
             run_ours = lambda m, f=ours.score_fn: jax.block_until_ready(samplers.sample(  # noqa: E731
                 f, ours.graph, ours.noise, grid[m], key, bsz, L, sampler="euler").tokens)
@@ -451,6 +451,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--rounds", "--reps", dest="rounds", type=int, default=5,
                     help="interleaved rounds for forward / step timings (ours, upstream, the roofline GEMM in each; "
                          "ratios are medians of the per-round ratios)")
+    ap.add_argument("--whole-batches", default=None,
+                    help="comma list: batch sizes whose whole samples are measured (default all of a shape that "
+                         "measures them; the others are extrapolated as (NFE + 1) x step)")
     ap.add_argument("--whole-rounds", type=int, default=2,
                     help="interleaved rounds of whole samples at batch 1 (batch 8: 1; a round at NFE 64 takes minutes)")
     ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
@@ -461,6 +464,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--name", default=None, help="results file stem (default speed-<backend>)")
     args = ap.parse_args(argv)
     args.nfe = tuple(int(v) for v in args.nfe.split(","))
+    args.whole_batches = None if args.whole_batches is None else {int(v) for v in args.whole_batches.split(",") if v}
     if args.render:
         with open(args.render) as f:
             payload = json.load(f)
@@ -517,7 +521,8 @@ def main(argv=None) -> dict:
         "step = one whole Euler update (forward + sampler work); sampler work = step - forward.",
         "Our step draws from the log-space kernel with a two-level Gumbel-max (~2 sqrt(V) uniforms per position); "
         "upstream's step builds one-hot, rate and uniform-noise tensors of [B, L, V] (see the memory rows).",
-        "SEDD-small: whole samples are not run (a step takes seconds): (NFE + 1) x the measured step.",
+        "Where whole samples are not run (SEDD-small: a step takes seconds; batches left out of --whole-batches): "
+        "(NFE + 1) x the measured step.",
     ]
     if not args.quick:
         stem = args.name or f"speed-{backend}"

@@ -24,6 +24,7 @@ def fmt_s(x):
 
 def to_markdown(p: dict) -> str:
     pv = p["provenance"]
+    lo, hi = min(p["nfe"]), max(p["nfe"])
     lines = ["# Sampling speed: lsd_jax vs the upstream SEDD sampler, roofline, distillation", "",
              f"- date: {pv['date']}", f"- command: `{pv['command']}`", f"- commit: {pv['commit']}",
              f"- machine: {pv['machine']}; torch {p['torch']['version']} on {p['torch']['device']} "
@@ -40,10 +41,9 @@ def to_markdown(p: dict) -> str:
               "Sampler: Euler, uniform grid, eps 1e-5, all-mask start, final denoise (NFE M = M predictor calls; "
               "whole samples make M + 1 network calls in both implementations). Our model: "
               f"{p['dtype']}.", ""]
-    lo, hi = min(p["nfe"]), max(p["nfe"])
     lines += ["Per NFE = one Euler step at half the positions masked; ratios are medians over the interleaved "
-              "rounds of the per-round ratio (the whole-sample slope (T(64) - T(8)) / 56 is shown beside it as a "
-              "check). Roofline fraction: our forward's GFLOP/s over the GEMM's in the same round (median); full "
+              f"rounds of the per-round ratio (the whole-sample slope (T({hi}) - T({lo})) / {hi - lo} is shown beside "
+              "it as a check where whole samples were measured). Roofline fraction: our forward's GFLOP/s over the GEMM's in the same round (median); full "
               "head: the model's FLOPs; masked head: the FLOPs it computes (the trunk + the output projection on "
               "the masked rows, in whole tiles).", "",
               "| shape | B | per NFE ratio (rounds) | per NFE ratio (whole-sample slope) | forward ratio | "

@@ -22,8 +22,8 @@ Numerics: LayerNorm, the residual stream, the time embedding and the rotary tabl
 float32 in both compute dtypes; with dtype "bfloat16" the Dense layers and the attention
 run in bfloat16 (as the reference under CUDA bf16 autocast, except that rotary is applied
 in float32 here and the logits are cast to float32 before the output transform).
-Length (~520 lines): one network of three families with its config validation and score
-transforms, kept together so the layer names match the converter's key tables.
+Length (~600 lines): one network of three families with its config validation, score
+transforms and masked head, kept together so the layer names match the converter's key tables.
 """
 
 from __future__ import annotations
@@ -485,8 +485,8 @@ def score_fn_from(model: DiT, params: Any, config: DiTConfig | Any,
     at masked positions (`masked_head`); unmasked positions get 0 at the current token and
     NEG_INF elsewhere for every family (the value every absorbing kernel ignores there: no
     move leaves an unmasked token). Masked positions are bit for bit those of head "full"
-    at the GEMM sizes that XLA CPU sends to Eigen (tests/test_dit.py); not differentiable in
-    the params (a while loop): training keeps "full".
+    at the GEMM sizes that XLA CPU sends to Eigen (tests/test_masked_head.py); training keeps
+    "full" (one GEMM).
     The result is a `jax.tree_util.Partial` (a pytree holding params), so it can be passed
     into jitted code as an argument instead of baking params in as constants.
     """
@@ -554,8 +554,9 @@ def masked_head(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array
 
     h [B, L, D]: the Linear's input (`DiT(head=False)`); linear: its params {kernel, bias}.
     The masked positions (flattened over B * L, in order) are taken in tiles of R =
-    min(HEAD_TILE, B L) rows; a `fori_loop` of ceil(count / R) trips (traced) runs one
-    [R, D] x [D, V] GEMM and the transform per tile and writes its rows into the output, so
+    min(HEAD_TILE, B L) rows; the first ceil(count / R) tiles (count traced; the others are
+    skipped by lax.cond) each run one [R, D] x [D, V] GEMM and the transform and write their
+    rows into the output, so
     a position's logits come from the same GEMM shape however many positions are masked
     (all masked: every tile runs; no separate fallback). Unmasked positions hold 0 at the
     current token and NEG_INF elsewhere.
@@ -583,8 +584,11 @@ def masked_head(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array
         return jax.lax.fori_loop(0, r, put, out)
 
     fill = jnp.full((n, v), NEG_INF, jnp.float32).at[jnp.arange(n), xf].set(0.0)  # [n, V]
-    count = jnp.sum(masked, dtype=jnp.int32)
-    return jax.lax.fori_loop(0, (count + r - 1) // r, tile, fill).reshape(b, length, v)
+    trips = (jnp.sum(masked, dtype=jnp.int32) + r - 1) // r
+    # static trip count (a scan: reverse mode can pass it, as the distillation loss under remat does);
+    # tiles past the masked count are skipped by lax.cond
+    run = lambda j, out: jax.lax.cond(j < trips, tile, lambda j, o: o, j, out)  # noqa: E731
+    return jax.lax.fori_loop(0, tiles, run, fill).reshape(b, length, v)
 
 
 def features_fn_from(model: DiT, params: Any) -> Callable[[Array, Array], Array]:
