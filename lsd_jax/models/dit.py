@@ -561,6 +561,7 @@ def masked_head(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array
     (all masked: every tile runs; no separate fallback). Unmasked positions hold 0 at the
     current token and NEG_INF elsewhere.
     """
+    h, x = jnp.asarray(h), jnp.asarray(x)  # numpy tokens cannot be indexed by the traced tile rows
     b, length, d = h.shape
     v, n = cfg.vocab_size, b * length
     r = min(HEAD_TILE, n)
