@@ -9,8 +9,11 @@ What it does, per shape (a "mini" SEDD that fits a CPU and SEDD-small):
    upstream key names), saves it in HF layout, loads it into lsd_jax (ports.sedd.load) and,
    with --upstream, into upstream's own `model.SEDD` by state dict (strict), and checks that
    both give the same log-score.
-2. Times, interleaving ours and upstream's runs (median of --reps): the network forward, one
-   whole Euler step (forward + sampler work), and whole samples (Euler, uniform grid, eps 1e-5,
+2. Times, interleaving ours and upstream's runs (--rounds rounds; a float32 2048^2 GEMM, the
+   roofline, is timed in every round too; ratios and roofline fractions are medians of the
+   per-round values): the network forward, one whole Euler step (forward + sampler work) at a
+   state with half the positions masked (the average over a uniform-grid trajectory), ours
+   with the masked head (as checkpoint teachers run) and with the full head, and whole samples (Euler, uniform grid, eps 1e-5,
    final denoise, all-mask start) at NFE 8 and 64 with upstream's `sampling.get_pc_sampler`
    and `lsd_jax.samplers.sample`. Per-NFE time is the slope (T(64) - T(8)) / 56 where whole
    samples are measured; for SEDD-small (a forward takes seconds on 2 CPU cores) only
@@ -119,6 +122,29 @@ def interleaved(fns: dict, reps: int) -> dict:
     return {k: {"median_s": statistics.median(v), "runs_s": [round(x, 4) for x in v]} for k, v in times.items()}
 
 
+def per_round(timings: dict, flops_full: float, flops_masked: float) -> dict:
+    """Per-round ratios (runs of one round are minutes apart at most), and their medians.
+
+    Each round: upstream / ours for forward and step, the roofline GEMM's GFLOP/s and the
+    fraction of it our forward reached in the same round (full head: the model's FLOPs;
+    masked head: the FLOPs it computes)."""
+    runs = {k: v["runs_s"] for k, v in timings.items()}
+    n = len(runs["roofline_gemm"])
+    out: dict = {k: [] for k in ("ratio_forward", "ratio_step", "roofline_gflops", "forward_full_roofline_fraction",
+                                 "forward_masked_roofline_fraction", "masked_step_speedup")}
+    for i in range(n):
+        roof = 2 * ROOF_N**3 / runs["roofline_gemm"][i] / 1e9
+        out["roofline_gflops"].append(roof)
+        out["forward_full_roofline_fraction"].append(flops_full / runs["ours_forward_full"][i] / 1e9 / roof)
+        out["forward_masked_roofline_fraction"].append(flops_masked / runs["ours_forward"][i] / 1e9 / roof)
+        out["masked_step_speedup"].append(runs["ours_step_full"][i] / runs["ours_step"][i])
+        if "upstream_step" in runs:
+            out["ratio_forward"].append(runs["upstream_forward"][i] / runs["ours_forward"][i])
+            out["ratio_step"].append(runs["upstream_step"][i] / runs["ours_step"][i])
+    return {**{k: [round(x, 4) for x in v] for k, v in out.items()},
+            "median": {k: statistics.median(v) for k, v in out.items() if v}}
+
+
 def dit_flops(hidden: int, blocks: int, length: int, vocab: int, cond: int = 128, freq: int = 256) -> dict:
     """FLOPs (2 per multiply-add) of one SEDD DiT forward on one sequence of `length` tokens."""
     d, L = hidden, length
@@ -179,14 +205,19 @@ def build_models(shape: dict, up, dtype: str, tmp: str):
     hf = ref.save_hf(tmodel, cfg, os.path.join(tmp, "hf"), "safetensors")
     model, params, ccfg = sedd.load(hf, dtype=dtype)
     graph, noise = sedd.build_core(ccfg)
-    ours = types.SimpleNamespace(score_fn=score_fn_from(model, params, ccfg), graph=graph, noise=noise, cfg=ccfg,
-                                 hf=hf)
+    # ours: as `lsd_jax.teachers.checkpoint.load_teacher` builds it (the masked head on the absorbing graph);
+    # score_full: the head over every position (what every step computed before)
+    ours = types.SimpleNamespace(score_fn=score_fn_from(model, params, ccfg, head="masked"), graph=graph, noise=noise,
+                                 cfg=ccfg, hf=hf, score_full=score_fn_from(model, params, ccfg, head="full"))
     theirs = None
     g = np.random.default_rng(0)
     x = g.integers(0, TOKENS, (2, shape["length"]))
     x[:, g.random(shape["length"]) < 0.5] = TOKENS
     sig = np.array([0.5, 2.0], np.float32)
-    want = np.asarray(jax.jit(ours.score_fn)(jnp.asarray(x, jnp.int32), jnp.asarray(sig)))
+    want = np.asarray(jax.jit(ours.score_full)(jnp.asarray(x, jnp.int32), jnp.asarray(sig)))
+    got_masked = np.asarray(jax.jit(ours.score_fn)(jnp.asarray(x, jnp.int32), jnp.asarray(sig)))
+    masked = x == TOKENS
+    head_parity = {"masked_head_bitwise_at_masked_positions": bool(np.array_equal(got_masked[masked], want[masked]))}
     parity = {}
     if up is not None:
         from omegaconf import OmegaConf
@@ -202,6 +233,7 @@ def build_models(shape: dict, up, dtype: str, tmp: str):
             got = umodel(torch.as_tensor(x, device=dev), torch.as_tensor(sig, device=dev)).float().cpu().numpy()
         parity = {"max_abs_diff": float(np.abs(got - want).max()), "output_max_abs": float(np.abs(want).max()),
                   "load_state_dict": str(missing)}
+    parity.update(head_parity)
     del tmodel
     return ours, theirs, parity
 
@@ -219,14 +251,27 @@ def our_step_fn(ours):
         ls = fn(x, noise.total(tb))
         return solvers.draw(key, euler.kernel(graph, noise, x, ls, tb, tnb))
 
-    @jax.jit
-    def before(fn, x, key, t, t_next):  # the step as lsd_jax ran it before: probabilities + flat Gumbel-max
-        tb, tnb = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), t_next)
-        ls = fn(x, noise.total(tb))
-        return solvers.categorical(key, solvers.probs(euler.kernel(graph, noise, x, ls, tb, tnb)))
-
     fwd = jax.jit(lambda fn, x, t: fn(x, noise.total(jnp.full((x.shape[0],), t))))
-    return step, fwd, before
+    return step, fwd
+
+
+ROOF_N = 2048  # the in-round roofline GEMM: float32 [n, n] x [n, n]
+
+
+def roofline_gemm(dtype: str):
+    """A jitted square GEMM timed in every round beside the models (the same minutes)."""
+    jd = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((ROOF_N, ROOF_N)), jd)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    return lambda: jax.block_until_ready(f(a))
+
+
+def masked_flops(fl: dict, masked: int, length: int, tile: int) -> float:
+    """FLOPs of a masked-head forward on one sequence: the trunk, and the output projection
+    on the masked rows rounded up to whole tiles of the head."""
+    rows = min(length, -(-masked // tile) * tile)
+    return fl["total"] - fl["output_projection"] * (1 - rows / length)
 
 
 def upstream_memory(theirs, x, t, dt, big: int) -> dict:
@@ -269,8 +314,12 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
     L, V = shape["length"], TOKENS + 1
     fl = dit_flops(shape["hidden"], shape["blocks"], L, V)
     res["flops_per_sequence"] = fl
-    step, fwd, before = our_step_fn(ours)
+    from lsd_jax.models import dit
+
+    step, fwd = our_step_fn(ours)
     fn = samplers.as_pytree_fn(ours.score_fn)
+    fn_full = samplers.as_pytree_fn(ours.score_full)
+    roof = roofline_gemm(dtype)
     dev = torch_device()
     res["batches"] = {}
     for bsz in shape["batches"]:
@@ -286,14 +335,17 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
         c0 = time.perf_counter()
         jax.block_until_ready(fwd(fn, xj, t_))
         jax.block_until_ready(step(fn, xj, key, t_, tn_))
-        jax.block_until_ready(before(fn, xj, key, t_, tn_))
         r["ours_compile_fwd_and_step_s"] = round(time.perf_counter() - c0, 2)
+        jax.block_until_ready(fwd(fn_full, xj, t_))
+        jax.block_until_ready(step(fn_full, xj, key, t_, tn_))
         lowered = step.lower(fn, xj, key, t_, tn_).compile()
         with contextlib.suppress(Exception):
             ma = lowered.memory_analysis()
             r["ours_step_temp_bytes"] = int(ma.temp_size_in_bytes)
         fns = {"ours_forward": lambda: jax.block_until_ready(fwd(fn, xj, t_)),
                "ours_step": lambda: jax.block_until_ready(step(fn, xj, key, t_, tn_))}
+        ours_full = {"ours_forward_full": lambda: jax.block_until_ready(fwd(fn_full, xj, t_)),
+                     "ours_step_full": lambda: jax.block_until_ready(step(fn_full, xj, key, t_, tn_))}
         if theirs is not None:
             xt = torch.as_tensor(xn, device=dev)
             tt = torch.full((bsz, 1), t_, device=dev)
@@ -315,14 +367,18 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
             fns = {"ours_forward": fns["ours_forward"], "upstream_forward": up_fwd,
                    "ours_step": fns["ours_step"], "upstream_step": up_step}
             r["upstream_step_memory"] = upstream_memory(theirs, xt, tt, (1 - EPS) / 64, bsz * L * V * 4)
-        fns["before_step"] = lambda: jax.block_until_ready(before(fn, xj, key, t_, tn_))
-        reps = args.reps if shape["whole"] or bsz == 1 else max(2, args.reps - 1)
-        log(f"[{name} B={bsz}] timing forward and step ({reps} interleaved rounds)")
+        fns.update(ours_full)
+        fns["roofline_gemm"] = roof
+        reps = args.rounds
+        log(f"[{name} B={bsz}] timing forward and step ({reps} interleaved rounds, roofline GEMM in each)")
         r["timings"] = interleaved(fns, reps)
         tm = {k: v["median_s"] for k, v in r["timings"].items()}
         log(f"[{name} B={bsz}] " + ", ".join(f"{k} {v:.3f} s" for k, v in tm.items()))
-        r["before_sampler_work_s"] = tm["before_step"] - tm["ours_forward"]
-        r["speedup_step_vs_before"] = tm["before_step"] / tm["ours_step"]
+        n_masked = int((xn == TOKENS).sum(1).max())
+        r["masked_positions"] = n_masked
+        r["masked_flops_per_sequence"] = masked_flops(fl, n_masked * bsz, L * bsz, dit.HEAD_TILE)
+        r["rounds"] = per_round(r["timings"], fl["total"] * bsz, r["masked_flops_per_sequence"] * bsz)
+        r["masked_head_saving_step_s"] = tm["ours_step_full"] - tm["ours_step"]
         for who in ("ours", "upstream"):
             if f"{who}_step" not in tm:
                 continue
@@ -331,23 +387,25 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
             flops = fl["total"] * bsz
             r[f"{who}_forward_gflops"] = flops / tm[f"{who}_forward"] / 1e9
             r[f"{who}_step_gflops"] = flops / tm[f"{who}_step"] / 1e9
+        r["ours_forward_full_gflops"] = fl["total"] * bsz / tm["ours_forward_full"] / 1e9
         # whole samples
         whole: dict = {}
-        if shape["whole"]:
+        if shape["whole"] and (args.whole_batches is None or bsz in args.whole_batches):
             grid = {m: grids.uniform(m, EPS) for m in args.nfe}
-            run_ours = lambda m: jax.block_until_ready(samplers.sample(  # noqa: E731
-                ours.score_fn, ours.graph, ours.noise, grid[m], key, bsz, L, sampler="euler").tokens)
+            run_ours = lambda m, f=ours.score_fn: jax.block_until_ready(samplers.sample(  # noqa: E731
+                f, ours.graph, ours.noise, grid[m], key, bsz, L, sampler="euler").tokens)
             c0 = time.perf_counter()
             run_ours(args.nfe[0])
             whole["ours_first_call_s"] = round(time.perf_counter() - c0, 2)  # compile + run
+            run_ours(args.nfe[0], ours.score_full)
             for m in args.nfe:
-                fns = {"ours": lambda m=m: run_ours(m)}
+                fns = {"ours": lambda m=m: run_ours(m), "ours_full": lambda m=m: run_ours(m, ours.score_full)}
                 if theirs is not None:
                     sampler = up.sampling.get_pc_sampler(theirs.graph, theirs.noise, (bsz, L), "euler", m,
                                                          denoise=True, eps=EPS, device=dev)
                     fns["upstream"] = lambda s=sampler: (s(theirs.model), sync_torch())
                 log(f"[{name} B={bsz}] whole samples at NFE {m}")
-                w = interleaved(fns, 1 if m >= 32 or bsz > 1 else 2)
+                w = interleaved(fns, args.whole_rounds if bsz == 1 else 1)
                 whole[str(m)] = {k: v["median_s"] for k, v in w.items()}
                 log(f"[{name} B={bsz}] NFE {m}: " + ", ".join(f"{k} {v:.2f} s" for k, v in whole[str(m)].items()))
             lo, hi = str(min(args.nfe)), str(max(args.nfe))
@@ -356,12 +414,13 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
                 whole[f"{who}_per_nfe_s"] = (whole[hi][who] - whole[lo][who]) / span
             whole["method"] = "measured; per-NFE = slope between the two NFE values"
         else:
+            steps = {"ours": tm["ours_step"], "ours_full": tm["ours_step_full"], "upstream": tm.get("upstream_step")}
             for m in args.nfe:
-                whole[str(m)] = {who: (m + 1) * tm[f"{who}_step"] for who in ("ours", "upstream")
-                                 if f"{who}_step" in tm}
-            for who in ("ours", "upstream"):
-                if f"{who}_step" in tm:
-                    whole[f"{who}_per_nfe_s"] = tm[f"{who}_step"]
+                whole[str(m)] = {who: (m + 1) * v for who, v in steps.items() if v is not None}
+            for who in ("ours", "ours_full", "upstream"):
+                key_ = "ours_step_full" if who == "ours_full" else f"{who}_step"
+                if key_ in tm:
+                    whole[f"{who}_per_nfe_s"] = tm[key_]
             whole["method"] = "extrapolated: (NFE + 1) x measured step (predictor steps + the final denoise)"
         r["whole"] = whole
         if theirs is not None:
@@ -376,6 +435,8 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
             if theirs is not None:
                 r[f"upstream_tokens_per_s_nfe{m}"] = bsz * L / whole[str(m)]["upstream"]
         r["ours_tokens_per_s_per_nfe"] = bsz * L / whole["ours_per_nfe_s"]
+        if theirs is not None:
+            r["ratio_per_nfe_rounds"] = r["rounds"]["median"]["ratio_step"]
         res["batches"][str(bsz)] = r
     return res
 
@@ -387,7 +448,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--render", default=None, metavar="JSON", help="only rewrite the markdown of a results JSON")
     ap.add_argument("--shapes", default="mini,small", help="comma list of: " + ", ".join(SHAPES))
     ap.add_argument("--nfe", default=",".join(map(str, NFES)), help="NFE values of the whole-sample runs")
-    ap.add_argument("--reps", type=int, default=3, help="interleaved rounds for forward / step timings")
+    ap.add_argument("--rounds", "--reps", dest="rounds", type=int, default=5,
+                    help="interleaved rounds for forward / step timings (ours, upstream, the roofline GEMM in each; "
+                         "ratios are medians of the per-round ratios)")
+    ap.add_argument("--whole-batches", default=None,
+                    help="comma list: batch sizes whose whole samples are measured (default all of a shape that "
+                         "measures them; the others are extrapolated as (NFE + 1) x step)")
+    ap.add_argument("--whole-rounds", type=int, default=2,
+                    help="interleaved rounds of whole samples at batch 1 (batch 8: 1; a round at NFE 64 takes minutes)")
     ap.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                     help="our model's compute dtype (auto: float32 on CPU, bfloat16 on GPU, as upstream's autocast)")
     ap.add_argument("--distill", choices=["all", "markov", "none"], default="all")
@@ -396,6 +464,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--name", default=None, help="results file stem (default speed-<backend>)")
     args = ap.parse_args(argv)
     args.nfe = tuple(int(v) for v in args.nfe.split(","))
+    args.whole_batches = None if args.whole_batches is None else {int(v) for v in args.whole_batches.split(",") if v}
     if args.render:
         with open(args.render) as f:
             payload = json.load(f)
@@ -452,7 +521,8 @@ def main(argv=None) -> dict:
         "step = one whole Euler update (forward + sampler work); sampler work = step - forward.",
         "Our step draws from the log-space kernel with a two-level Gumbel-max (~2 sqrt(V) uniforms per position); "
         "upstream's step builds one-hot, rate and uniform-noise tensors of [B, L, V] (see the memory rows).",
-        "SEDD-small: whole samples are not run (a step takes seconds): (NFE + 1) x the measured step.",
+        "Where whole samples are not run (SEDD-small: a step takes seconds; batches left out of --whole-batches): "
+        "(NFE + 1) x the measured step.",
     ]
     if not args.quick:
         stem = args.name or f"speed-{backend}"

@@ -24,6 +24,7 @@ def fmt_s(x):
 
 def to_markdown(p: dict) -> str:
     pv = p["provenance"]
+    lo, hi = min(p["nfe"]), max(p["nfe"])
     lines = ["# Sampling speed: lsd_jax vs the upstream SEDD sampler, roofline, distillation", "",
              f"- date: {pv['date']}", f"- command: `{pv['command']}`", f"- commit: {pv['commit']}",
              f"- machine: {pv['machine']}; torch {p['torch']['version']} on {p['torch']['device']} "
@@ -40,20 +41,27 @@ def to_markdown(p: dict) -> str:
               "Sampler: Euler, uniform grid, eps 1e-5, all-mask start, final denoise (NFE M = M predictor calls; "
               "whole samples make M + 1 network calls in both implementations). Our model: "
               f"{p['dtype']}.", ""]
-    lo, hi = min(p["nfe"]), max(p["nfe"])
-    lines += ["| shape | B | NFE ratio (upstream / ours) | step ratio | forward ratio | sampler-work ratio | "
-              f"whole @{lo} ratio | whole @{hi} ratio | our step, before / after this change |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["Per NFE = one Euler step at half the positions masked; ratios are medians over the interleaved "
+              f"rounds of the per-round ratio (the whole-sample slope (T({hi}) - T({lo})) / {hi - lo} is shown beside "
+              "it as a check where whole samples were measured). Roofline fraction: our forward's GFLOP/s over the GEMM's in the same round (median); full "
+              "head: the model's FLOPs; masked head: the FLOPs it computes (the trunk + the output projection on "
+              "the masked rows, in whole tiles).", "",
+              "| shape | B | per NFE ratio (rounds) | per NFE ratio (whole-sample slope) | forward ratio | "
+              "sampler-work ratio | whole @" + f"{lo} ratio | whole @{hi} ratio | forward / roofline: full head, "
+              "masked head | masked head: step speed-up | rounds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in p["shapes"].items():
         for b, r in s["batches"].items():
             if "ratio_per_nfe" not in r:
                 continue
             wr = work_ratio(r)
             wr = f"{wr:.1f}x" if wr is not None else "n/a (below timing noise)"
-            lines.append(f"| {name} | {b} | **{r['ratio_per_nfe']:.2f}x** | {r['ratio_step']:.2f}x | "
-                         f"{r['ratio_forward']:.2f}x | {wr} | "
+            md = r["rounds"]["median"]
+            lines.append(f"| {name} | {b} | **{md['ratio_step']:.2f}x** | {r['ratio_per_nfe']:.2f}x | "
+                         f"{md['ratio_forward']:.2f}x | {wr} | "
                          f"{r.get(f'ratio_whole_nfe{lo}', float('nan')):.2f}x | {r.get(f'ratio_whole_nfe{hi}', float('nan')):.2f}x | "
-                         f"{r['speedup_step_vs_before']:.2f}x |")
+                         f"{100 * md['forward_full_roofline_fraction']:.0f}%, {100 * md['forward_masked_roofline_fraction']:.0f}% | "
+                         f"{md['masked_step_speedup']:.2f}x | {len(r['rounds']['ratio_step'])} |")
     lines += [""]
     for name, s in p["shapes"].items():
         sh = s["shape"]
@@ -63,23 +71,29 @@ def to_markdown(p: dict) -> str:
                   f"- model FLOPs per sequence per NFE: {fl['total'] / 1e9:.2f} GFLOP (dense {fl['dense'] / 1e9:.2f}, "
                   f"attention {fl['attention'] / 1e9:.2f}, output projection {fl['output_projection'] / 1e9:.2f})",
                   f"- parity of the two loaded models (log-score): {s['parity'] or 'n/a'}", ""]
-        lines += [f"| B | who | forward | step | sampler work (share) | per NFE | whole @{lo} | whole @{hi} | "
-                  f"forward GFLOP/s (roofline) | tokens/s @{hi} |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| B | who | forward | step | sampler work (share) | per NFE (slope) | whole @{lo} | whole @{hi} | "
+                  f"forward GFLOP/s (model FLOPs) | tokens/s @{hi} |", "|---|---|---|---|---|---|---|---|---|---|"]
         for b, r in s["batches"].items():
             tm = {k: v["median_s"] for k, v in r["timings"].items()}
+            w = r["whole"]
             for who in ("ours", "upstream"):
                 if f"{who}_step" not in tm:
                     continue
-                w = r["whole"]
                 gf = r[f"{who}_forward_gflops"]
+                label = "ours (masked head)" if who == "ours" else who
                 lines.append(
-                    f"| {b} | {who} | {fmt_s(tm[who + '_forward'])} | {fmt_s(tm[who + '_step'])} | "
+                    f"| {b} | {label} | {fmt_s(tm[who + '_forward'])} | {fmt_s(tm[who + '_step'])} | "
                     f"{fmt_s(r[who + '_sampler_work_s'])} ({100 * r[who + '_sampler_share']:.0f}%) | "
                     f"{fmt_s(w[who + '_per_nfe_s'])} | {fmt_s(w[str(lo)].get(who))} | {fmt_s(w[str(hi)].get(who))} | "
-                    f"{gf:.1f} ({100 * gf / rf['roofline_gflops']:.0f}%) | "
-                    f"{r.get(who + f'_tokens_per_s_nfe{hi}', float('nan')):.1f} |")
-            lines.append(f"| {b} | ours before (probability space, flat Gumbel-max) | | {fmt_s(tm['before_step'])} | "
-                         f"{fmt_s(r['before_sampler_work_s'])} | | | | | |")
+                    f"{gf:.1f} | {r.get(who + f'_tokens_per_s_nfe{hi}', float('nan')):.1f} |")
+            lines.append(f"| {b} | ours, full head | {fmt_s(tm['ours_forward_full'])} | {fmt_s(tm['ours_step_full'])} | "
+                         f"| {fmt_s(w.get('ours_full_per_nfe_s'))} | {fmt_s(w[str(lo)].get('ours_full'))} | "
+                         f"{fmt_s(w[str(hi)].get('ours_full'))} | {r['ours_forward_full_gflops']:.1f} | |")
+            rd = r["rounds"]
+            lines.append(f"| {b} | roofline GEMM, per round | {', '.join(f'{x:.0f}' for x in rd['roofline_gflops'])} "
+                         "GFLOP/s | | | | | | | |")
+            lines.append(f"| {b} | masked head | {r['masked_positions']} of {sh['length']} positions masked per "
+                         f"sequence; saves {fmt_s(r['masked_head_saving_step_s'])} per step | | | | | | | |")
             lines.append(f"| {b} | | whole samples: {r['whole']['method']} | | | | | | | |")
             mem = r.get("upstream_step_memory", {})
             ours_tmp = r.get("ours_step_temp_bytes")
@@ -136,4 +150,19 @@ def to_markdown(p: dict) -> str:
         elif mi:
             lines += [f"mini SEDD distillation: {mi}", ""]
     lines += ["## Notes", ""] + [f"- {n}" for n in p["notes"]] + [""]
+    tr = p.get("trajectory")
+    if tr:
+        lines += trajectory_markdown(tr)
+    lines += [] if tr else []
     return "\n".join(lines)
+
+
+def trajectory_markdown(tr: dict) -> list:
+    """The masked head and the step cache over whole trajectories (`speed_profile.trajectory`)."""
+    lines = [f"## Masked head and step cache over whole trajectories ({tr['shape']})", "",
+             "| model | head | cache | NFE | wall | network calls (mean over batches) | tokens equal to full head |",
+             "|---|---|---|---|---|---|---|"]
+    for row in tr["rows"]:
+        lines.append(f"| {row['family']} | {row['head']} | {row['cache']} | {row['nfe']} | {fmt_s(row['wall_s'])} | "
+                     f"{row['network_calls']} | {row['same_tokens']} |")
+    return lines + [""]

@@ -9,7 +9,10 @@ NFE convention: `nfe` = the predictor's network calls, steps M x solver.calls_pe
 (trapezoidal: 2 per step; fhs: one per revealed token, L from all-mask); the final denoise
 (on by default, as SEDD; fhs needs none) is one more call at t_M = eps for every sampler
 alike, reported in `network_calls`. It uses the raw score (no phi), so a learned sampler
-gets no extra learnable step.
+gets no extra learnable step. With the step cache (`reuse`: a network that does not read
+sigmabar, e.g. MDLM without time conditioning) a step whose state did not change since the
+last call reuses that call's output exactly and is not counted: `network_calls` is then the
+number of calls made (read from the loop's counter), below nfe + 1.
 
 Each step is the solver's `step` (one home per step: lsd_jax.solvers), drawn by the drawer
 (`GumbelDraw`: the exact draw of the step's LogKernel; a reveal policy can take its place on
@@ -72,8 +75,8 @@ def apply_phi(x: Array, log_score: Array, phi: Array, reading: str = "linear") -
 
 class Samples(NamedTuple):
     tokens: Array  # [B, L] int32
-    nfe: int  # predictor network calls (steps x calls per step)
-    network_calls: int  # nfe + 1 with the final denoise
+    nfe: int  # predictor network calls of the grid (steps x calls per step)
+    network_calls: int  # calls made: nfe + 1 with the final denoise, fewer where the step cache reused an output
     path: Optional[Array] = None  # [S + 1, B, L] states after each of the S steps when asked
     reveal: Optional[Array] = None  # [B, L] int32, absorbing graph, when asked: the first k with path[k] != mask (S + 1: never)
 
@@ -98,17 +101,43 @@ def _phi_ok(phi_k: Array, reading: str) -> Array:
     return jnp.isfinite(phi_k) & ((phi_k > 0) if reading == "linear" else True)
 
 
+def reusable(score_fn: ScoreFn) -> bool:
+    """True when `score_fn` is split as finish(net(x, sigmabar), x, sigmabar) with a net that
+    does not read sigmabar (a `Partial` whose func has `reusable` True, `net(*args, x, sb)`
+    and `finish(out, x, sb)`: `models.dit.score_fn_from` of an mdlm without time
+    conditioning, or radd). Such a net's output at an unchanged x can be reused exactly."""
+    return isinstance(score_fn, jax.tree_util.Partial) and bool(getattr(score_fn.func, "reusable", False))
+
+
+class StepCache(NamedTuple):
+    """The step cache of a reusable score function, carried through the loop."""
+
+    x: Array  # [B, L] int32: the state the cached output was computed at (-1: none yet)
+    out: Array  # [B, L, V] the net's output there
+    calls: Array  # int32 scalar: network calls made so far
+
+
+def _cached_score(score_fn, cache: StepCache, x: Array, sb: Array) -> tuple[Array, StepCache]:
+    """(log score at x, new cache): the net runs (lax.cond) only if some token of x differs
+    from the cached state; else its output is reused (0 network calls)."""
+    net = lambda: score_fn.func.net(*score_fn.args, x, sb).astype(cache.out.dtype)  # noqa: E731
+    changed = jnp.any(x != cache.x)
+    out = jax.lax.cond(changed, net, lambda: cache.out)
+    return score_fn.func.finish(out, x, sb), StepCache(x, out, cache.calls + changed.astype(jnp.int32))
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("graph", "noise", "solver", "drawer", "reading", "denoise", "return_path", "return_reveal",
-                     "mesh"),
+                     "mesh", "reuse"),
     donate_argnames=("x",),
 )
 def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, reading, denoise, return_path,
-         return_reveal=False, mesh=None):
+         return_reveal=False, mesh=None, reuse=False):
     """grid [C + 1] and phi [C] padded to a capacity C >= the grid's steps; n (traced int32)
-    steps of `solver` run. Returns (tokens, path, reveal, bad [B, 2] int32 = per row (first
-    bad step or -1, cause))."""
+    steps of `solver` run. reuse: the step cache (a reusable score_fn, a one-call
+    KernelSolver). Returns (tokens, path, reveal, bad [B, 2] int32 = per row (first bad step
+    or -1, cause), calls: int32 network calls made, the final denoise included)."""
     from lsd_jax import sharding as sharding_lib
 
     bsz = x.shape[0]
@@ -116,9 +145,17 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
     x = pin(x)
 
     def body(k, carry):
-        x, state, path, reveal, bad = carry
+        x, state, path, reveal, bad, cache = carry
         t, t_next, phi_k = grid[k], grid[k + 1], phi[k]
-        score = lambda xx, sb: apply_phi(xx, score_fn(xx, sb), phi_k, reading)  # noqa: E731
+        if reuse:  # the one score call of a KernelSolver step, at this x
+            ls_x, cache = _cached_score(score_fn, cache, x, noise.total(jnp.full((bsz,), t)))
+
+            def score(xx, sb):
+                if xx is not x:
+                    raise AssertionError("the step cache needs a solver that scores the loop's state once")
+                return apply_phi(xx, ls_x, phi_k, reading)
+        else:
+            score = lambda xx, sb: apply_phi(xx, score_fn(xx, sb), phi_k, reading)  # noqa: E731
         model = StepModel(score, graph, noise, drawer)
         out = solver.step(model, x, jnp.full((bsz,), t), jnp.full((bsz,), t_next), jax.random.fold_in(key, k), state)
         x_new = pin(out.x)
@@ -128,22 +165,32 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
             path = jax.lax.dynamic_update_index_in_dim(path, x_new, k + 1, 0)
         if return_reveal:
             reveal = jnp.where((reveal > n) & (x_new != graph.mask_id), k + 1, reveal)
-        return x_new, out.state, path, reveal, bad
+        return x_new, out.state, path, reveal, bad, cache
 
     path0 = jnp.zeros((grid.shape[0],) + x.shape, x.dtype).at[0].set(x) if return_path else None
     reveal0 = jnp.full(x.shape, n + 1, jnp.int32) if return_reveal else None
     bad0 = pin(jnp.tile(jnp.asarray([[-1, 0]], jnp.int32), (bsz, 1)))  # [B, 2]: first bad step per row, cause
-    carry0 = (x, solver.init(noise, grid, x), path0, reveal0, bad0)
-    x_last, _, path, reveal, bad = jax.lax.fori_loop(0, n, body, carry0)
+    cache0 = None
+    if reuse:
+        shape = jax.eval_shape(score_fn, x, jnp.zeros((bsz,), grid.dtype))
+        cache0 = StepCache(jnp.full_like(x, -1), pin(jnp.zeros(shape.shape, shape.dtype)), jnp.int32(0))
+    carry0 = (x, solver.init(noise, grid, x), path0, reveal0, bad0, cache0)
+    x_last, _, path, reveal, bad, cache = jax.lax.fori_loop(0, n, body, carry0)
     x_out = x_last
+    calls = cache.calls if reuse else n * solver.calls_per_step
     if denoise:
         sb = noise.total(jnp.full((bsz,), grid[-1]))
-        ls = score_fn(x_last, sb)
+        if reuse:
+            ls, cache = _cached_score(score_fn, cache, x_last, sb)
+            calls = cache.calls
+        else:
+            ls = score_fn(x_last, sb)
+            calls = calls + 1
         x_out = pin(drawer(jax.random.fold_in(key, n), denoise_kernel(graph, x_last, ls, sb),
                            DrawContext(x_last, ls, jnp.full((bsz,), grid[-1]), jnp.zeros((bsz,), grid.dtype)),
                            graph, noise))
         bad = jnp.where(((bad[:, 0] < 0) & ~score_ok(ls))[:, None], jnp.stack([n, jnp.int32(1)]), bad)
-    return x_out, path, reveal, bad
+    return x_out, path, reveal, bad, jnp.asarray(calls, jnp.int32)
 
 
 def _resolve(grid, phi, reading, sampler):
@@ -178,6 +225,7 @@ def sample(
     return_reveal: bool = False,
     mesh="auto",
     policy: Optional[Drawer] = None,
+    reuse: bool = True,
 ) -> Samples:
     """Runs the reverse CTMC on `grid` [M + 1] (t_0 = 1 ... t_M = eps) from the limit.
 
@@ -194,6 +242,10 @@ def sample(
     axis. Params are replicated and the batch sharded; samples equal the unsharded run's.
     policy: a reveal policy (absorbing graph; a hashable `Drawer`) that replaces the draw of
     each step of a one-call solver (euler, tweedie); the final denoise keeps the exact draw.
+    reuse: the step cache, for a score function whose network does not read sigmabar
+    (`reusable`: mdlm without time conditioning, radd) and a one-call kernel solver: a step
+    whose state equals the previous call's reuses that output (lax.cond; same samples, bit
+    for bit) and makes no network call; `network_calls` counts the calls made.
     Raises FloatingPointError naming the first step whose score or phi was non-finite.
     """
     from lsd_jax import sharding as sharding_lib
@@ -251,10 +303,11 @@ def sample(
         fn, g_pad, phi_pad, k_run = sharding_lib.replicate((fn, g_pad, phi_pad, k_run), mesh)
         x0 = sharding_lib.shard_batch(x0, mesh)
     do_denoise = bool(denoise and solver.denoise)
-    tokens, path, reveal, bad = _run(
+    tokens, path, reveal, bad, calls = _run(
         fn, graph, noise, g_pad, phi_pad, jnp.asarray(steps, jnp.int32), k_run, x0,
         solver=solver, drawer=policy if policy is not None else drawer, reading=reading, denoise=do_denoise,
         return_path=return_path, return_reveal=return_reveal, mesh=mesh,
+        reuse=bool(reuse and reusable(fn) and isinstance(solver, solvers_lib.KernelSolver)),
     )
     bad = np.asarray(sharding_lib.to_host(bad))  # [B, 2], read once after the loop
     rows = np.flatnonzero(bad[:, 0] >= 0)
@@ -262,5 +315,5 @@ def sample(
         bad_step, cause = (int(v) for v in bad[rows[np.argmin(bad[rows, 0])]])
         where = "the final denoise" if (do_denoise and bad_step == steps) else f"step {bad_step} of {steps}"
         raise FloatingPointError(f"sampling produced non-finite values at {where} ({solver.name}): {CAUSES[cause]}")
-    calls = steps * solver.calls_per_step
-    return Samples(tokens, calls, calls + int(do_denoise), path, reveal)
+    nfe = steps * solver.calls_per_step
+    return Samples(tokens, nfe, int(np.asarray(sharding_lib.to_host(calls))), path, reveal)

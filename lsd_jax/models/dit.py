@@ -22,8 +22,8 @@ Numerics: LayerNorm, the residual stream, the time embedding and the rotary tabl
 float32 in both compute dtypes; with dtype "bfloat16" the Dense layers and the attention
 run in bfloat16 (as the reference under CUDA bf16 autocast, except that rotary is applied
 in float32 here and the logits are cast to float32 before the output transform).
-Length (~520 lines): one network of three families with its config validation and score
-transforms, kept together so the layer names match the converter's key tables.
+Length (~600 lines): one network of three families with its config validation, score
+transforms and masked head, kept together so the layer names match the converter's key tables.
 """
 
 from __future__ import annotations
@@ -390,7 +390,8 @@ class FinalLayer(nn.Module):
     config: DiTConfig
 
     @nn.compact
-    def __call__(self, x: Array, c: Array | None) -> Array:
+    def __call__(self, x: Array, c: Array | None, head: bool = True) -> Array:
+        """head False: the input of the Linear [B, L, D] float32 (for `masked_head`)."""
         cfg = self.config
         radd = cfg.family == "radd"
         h = LayerNorm(cfg.hidden_size, use_bias=radd, name="norm_final")(x)
@@ -401,10 +402,10 @@ class FinalLayer(nn.Module):
             )(c)[:, None]
             shift, scale = jnp.split(mod, 2, axis=-1)
             h = modulate(h, shift, scale)
-        out = nn.Dense(
-            cfg.vocab_size, dtype=cfg.compute_dtype, name="linear", kernel_init=nn.initializers.zeros
-        )(h)
-        return out.astype(jnp.float32)
+        linear = nn.Dense(cfg.vocab_size, dtype=cfg.compute_dtype, name="linear", kernel_init=nn.initializers.zeros)
+        if not head:
+            return h
+        return linear(h).astype(jnp.float32)
 
 
 class DiT(nn.Module):
@@ -422,9 +423,11 @@ class DiT(nn.Module):
     config: DiTConfig
 
     @nn.compact
-    def __call__(self, x: Array, sigmabar: Array, cond_offset: Optional[Array] = None) -> Array:
+    def __call__(self, x: Array, sigmabar: Array, cond_offset: Optional[Array] = None, head: bool = True) -> Array:
         """cond_offset [B, C]: added to the conditioning vector (e.g. a mixture student's
-        latent, `lsd_jax.students.di4c`); None leaves the network as published."""
+        latent, `lsd_jax.students.di4c`); None leaves the network as published.
+        head False: returns the input of the output Linear [B, L, D] float32 instead (the
+        rest of the head runs in `masked_head`, on the positions that need it)."""
         cfg = self.config
         h = VocabEmbed(cfg.vocab_size, cfg.hidden_size, name="vocab_embed")(x)  # [B, L, D] float32
         sigmabar = jnp.asarray(sigmabar, jnp.float32)
@@ -440,6 +443,8 @@ class DiT(nn.Module):
         for i in range(cfg.n_blocks):
             h = DiTBlock(cfg, name=f"blocks_{i}")(h, cos, sin, c)
         self.sow("intermediates", "final_hidden", h)  # [B, L, D]: features for two-sample tests
+        if not head:
+            return FinalLayer(cfg, name="output_layer")(h, c, head=False)  # [B, L, D] float32
         logits = FinalLayer(cfg, name="output_layer")(h, c)  # [B, L, V] float32
         return output_transform(cfg, logits, x, sigmabar)
 
@@ -461,7 +466,12 @@ def output_transform(cfg: DiTConfig, logits: Array, x: Array, sigmabar: Array) -
     return jnp.concatenate([jax.nn.log_softmax(logits[..., :-1], axis=-1), logits[..., -1:]], axis=-1)
 
 
-def score_fn_from(model: DiT, params: Any, config: DiTConfig | Any) -> Callable[[Array, Array], Array]:
+HEADS = ("full", "masked")  # score_fn_from(head=...): every position / the masked ones (absorbing graph)
+HEAD_TILE = 64  # rows per GEMM of the masked head (fewer when B * L is smaller)
+
+
+def score_fn_from(model: DiT, params: Any, config: DiTConfig | Any,
+                  head: str = "full") -> Callable[[Array, Array], Array]:
     """The score function of a DiT: (x int32 [B, L], sigmabar [B]) -> float32 [B, L, V].
 
     Returns the log concrete score of the model's graph; the current token's entry is 0.
@@ -470,38 +480,116 @@ def score_fn_from(model: DiT, params: Any, config: DiTConfig | Any) -> Callable[
     log expm1(sigmabar) for y < m and 0 at m; at unmasked positions 0 at the current token
     and NEG_INF (-1e6, a finite log 0) elsewhere, as the absorbing reverse process never
     moves an unmasked token. `config` may be a DiTConfig or anything with a `.dit` one.
+
+    head "masked" (absorbing graph): the output Linear and the family's transform run only
+    at masked positions (`masked_head`); unmasked positions get 0 at the current token and
+    NEG_INF elsewhere for every family (the value every absorbing kernel ignores there: no
+    move leaves an unmasked token). Masked positions are bit for bit those of head "full"
+    at the GEMM sizes that XLA CPU sends to Eigen (tests/test_masked_head.py); training keeps
+    "full" (one GEMM).
     The result is a `jax.tree_util.Partial` (a pytree holding params), so it can be passed
     into jitted code as an argument instead of baking params in as constants.
     """
     cfg = getattr(config, "dit", config)
     if not isinstance(cfg, DiTConfig):
         raise TypeError(f"config must be a DiTConfig (or have .dit), got {type(config).__name__}")
-    return jax.tree_util.Partial(_DiTScore(model, cfg), params)
+    if head not in HEADS:
+        raise ValueError(f"head {head!r} is not supported; allowed: {', '.join(HEADS)}")
+    if head == "masked" and cfg.graph != "absorb":
+        raise ValueError(f"head 'masked' needs the absorbing graph (graph {cfg.graph!r}: every token can move); "
+                         "allowed there: full")
+    return jax.tree_util.Partial(_DiTScore(model, cfg, head), params)
 
 
 @dataclasses.dataclass(frozen=True)
 class _DiTScore:
-    """Hashable (model, config) part of a score function; params come as an argument."""
+    """Hashable (model, config, head) part of a score function; params come as an argument.
+
+    score = finish(net(params, x, sigmabar), x, sigmabar). `reusable`: net does not read
+    sigmabar (mdlm without time conditioning, radd), so a sampler step whose x did not
+    change may reuse the previous net output exactly (`lsd_jax.samplers`, the step cache).
+    """
 
     model: DiT
     cfg: DiTConfig
+    head: str = "full"
+
+    @property
+    def reusable(self) -> bool:
+        return self.cfg.family == "radd" or (self.cfg.family == "mdlm" and not self.cfg.time_conditioning)
 
     def __call__(self, params: Any, x: Array, sigmabar: Array) -> Array:
-        return _score(self.model, self.cfg, params, x, sigmabar)
+        return self.finish(self.net(params, x, sigmabar), x, sigmabar)
+
+    def net(self, params: Any, x: Array, sigmabar: Array) -> Array:
+        """The family's output [B, L, V] (`DiT.__call__`; masked head: see `masked_head`)."""
+        if self.head == "full":
+            return self.model.apply({"params": params}, x, sigmabar)
+        h = self.model.apply({"params": params}, x, sigmabar, head=False)
+        return masked_head(self.cfg, params["output_layer"]["linear"], h, x, sigmabar)
+
+    def finish(self, out: Array, x: Array, sigmabar: Array) -> Array:
+        """The log score [B, L, V] from the family's output (elementwise)."""
+        if self.cfg.family == "sedd":
+            return out
+        v = self.cfg.vocab_size
+        sigmabar = jnp.asarray(sigmabar, jnp.float32)
+        log_s = out - jnp.log(expm1_stable(sigmabar))[:, None, None]
+        masked = jnp.where(id_row(v, v - 1, log_s.ndim), 0.0, log_s)
+        unmasked = jnp.where(is_token(x, v), 0.0, NEG_INF)
+        return jnp.where((x == v - 1)[..., None], masked, unmasked)
 
 
-def _score(model: DiT, cfg: DiTConfig, params: Any, x: Array, sigmabar: Array) -> Array:
-    out = model.apply({"params": params}, x, sigmabar)
-    if cfg.family == "sedd":
-        return out
-    v = cfg.vocab_size
-    mask = v - 1
-    sigmabar = jnp.asarray(sigmabar, jnp.float32)
-    log_s = out - jnp.log(expm1_stable(sigmabar))[:, None, None]
-    is_mask_id = id_row(v, mask, log_s.ndim)
-    masked = jnp.where(is_mask_id, 0.0, log_s)
-    unmasked = jnp.where(is_token(x, v), 0.0, NEG_INF)
-    return jnp.where((x == mask)[..., None], masked, unmasked)
+def _linear(cfg: DiTConfig, p: Any, h: Array) -> Array:
+    """The output Linear on rows h [R, D] -> float32 [R, V], as `nn.Dense` computes it."""
+    dt = cfg.compute_dtype
+    h, kernel, bias = (jnp.asarray(a, dt) for a in (h, p["kernel"], p["bias"]))
+    y = jax.lax.dot_general(h, kernel, (((1,), (0,)), ((), ())))
+    y += jnp.reshape(bias, (1, -1))
+    return y.astype(jnp.float32)
+
+
+def masked_head(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array) -> Array:
+    """The output Linear and `output_transform` at masked positions only -> float32 [B, L, V].
+
+    h [B, L, D]: the Linear's input (`DiT(head=False)`); linear: its params {kernel, bias}.
+    The masked positions (flattened over B * L, in order) are taken in tiles of R =
+    min(HEAD_TILE, B L) rows; the first ceil(count / R) tiles (count traced; the others are
+    skipped by lax.cond) each run one [R, D] x [D, V] GEMM and the transform and write their
+    rows into the output, so
+    a position's logits come from the same GEMM shape however many positions are masked
+    (all masked: every tile runs; no separate fallback). Unmasked positions hold 0 at the
+    current token and NEG_INF elsewhere.
+    """
+    h, x = jnp.asarray(h), jnp.asarray(x)  # numpy tokens cannot be indexed by the traced tile rows
+    b, length, d = h.shape
+    v, n = cfg.vocab_size, b * length
+    r = min(HEAD_TILE, n)
+    tiles = -(-n // r)
+    xf = x.reshape(n)
+    masked = xf == v - 1
+    idx = jnp.nonzero(masked, size=tiles * r, fill_value=n)[0]  # [tiles R]: masked rows first, then n (dropped)
+    hf = h.reshape(n, d)
+    sf = jnp.repeat(jnp.asarray(sigmabar, jnp.float32), length)  # [n]
+
+    def tile(j, out):
+        rows = jax.lax.dynamic_slice(idx, (j * r,), (r,))
+        safe = jnp.minimum(rows, n - 1)
+        logits = _linear(cfg, linear, hf[safe])[:, None]  # [R, 1, V]: each row a sequence of length 1
+        vals = output_transform(cfg, logits, xf[safe][:, None], sf[safe])[:, 0]
+
+        def put(i, o):  # one contiguous row copy (faster than XLA CPU's scatter); padding rows skipped
+            return jax.lax.cond(rows[i] < n, lambda: jax.lax.dynamic_update_slice(o, vals[i][None], (rows[i], 0)),
+                                lambda: o)
+
+        return jax.lax.fori_loop(0, r, put, out)
+
+    fill = jnp.full((n, v), NEG_INF, jnp.float32).at[jnp.arange(n), xf].set(0.0)  # [n, V]
+    trips = (jnp.sum(masked, dtype=jnp.int32) + r - 1) // r
+    # static trip count (a scan: reverse mode can pass it, as the distillation loss under remat does);
+    # tiles past the masked count are skipped by lax.cond
+    run = lambda j, out: jax.lax.cond(j < trips, tile, lambda j, o: o, j, out)  # noqa: E731
+    return jax.lax.fori_loop(0, tiles, run, fill).reshape(b, length, v)
 
 
 def features_fn_from(model: DiT, params: Any) -> Callable[[Array, Array], Array]:

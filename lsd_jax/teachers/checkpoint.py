@@ -65,7 +65,8 @@ def load_teacher(path: str, dtype=None) -> Teacher:
     exact = exact_oracles(path, graph.num_tokens, cfg.length)
     if exact:
         decode = letter_decoder(graph.num_tokens)
-    return Teacher(score_fn_from(model, params, cfg), graph, noise, cfg.length, name, decode=decode,
+    head = "masked" if graph.is_absorbing else "full"  # the Linear only where a token can change: same samples
+    return Teacher(score_fn_from(model, params, cfg, head=head), graph, noise, cfg.length, name, decode=decode,
                    features=_pooled_features(model, params, noise), **exact)
 
 
