@@ -23,6 +23,7 @@ def test_sample_writes_json(tmp_path, capsys, graph, sampler):
     assert "nll=" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sample_is_reproducible(tmp_path):
     paths = [tmp_path / f"{i}.json" for i in range(2)]
     for p in paths:

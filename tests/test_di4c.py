@@ -101,6 +101,7 @@ def test_student_is_the_teacher_at_initialisation():
         assert float(jnp.abs(out[k]).max()) < 1e-4, k
 
 
+@pytest.mark.slow
 def test_student_score_has_the_absorbing_mass():
     """At masked positions the student's score is p_{0|t} / expm1(sigmabar) (the exact absorbing
     relation), so a Tweedie step reveals with the schedule's probability (t - s) / t under the
@@ -150,6 +151,7 @@ def test_bad_config_names_the_field():
         fit_lib.Di4CConfig(grid="jys").validate()
 
 
+@pytest.mark.slow
 def test_random_lambda_init_breaks_the_symmetry_only_in_the_lambda_path():
     """lambda_init_scale > 0: the DiT part is still the teacher's, the last lambda kernel has
     that scale, and two lambdas now give different denoisers."""

@@ -68,6 +68,7 @@ def test_every_loss_gives_finite_gradients():
             assert np.isfinite(val) and np.all(np.isfinite(g_phi)) and np.all(np.isfinite(g_logits)), (loss, reading)
 
 
+@pytest.mark.slow
 def test_lsd_returns_plain_euler_on_exact_teacher():
     """phi stays at 1 up to round-off (the last step to eps reveals 1 - eps/t_{M-1} of the
     tokens; above phi = 1/that the kernel saturates and Adam drifts in a flat loss), and

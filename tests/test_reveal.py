@@ -138,6 +138,7 @@ def _ctmc_law(chain, graph, noise, grid):
     return {tuple(s): p for s, p in zip(states[clean], dist[clean])}
 
 
+@pytest.mark.slow
 def test_random_with_grid_counts_matches_ctmc_in_expectation():
     """The plain sampler = `random` with the step counts drawn as the CTMC draws them: its law is
     the mixture over count sequences c of the random policy's law given c, and the expected
@@ -247,6 +248,7 @@ def test_bad_inputs_are_named():
 
 
 # ------------------------------------------------------------------ distillation and the CLI
+@pytest.mark.slow
 def test_distill_loss_is_blind_to_the_factorisation_error():
     """With the student's own network as teacher the per-token loss is exactly 0 at phi = 1
     (linear reading: for every phi), whatever the policy's joint error."""
@@ -264,6 +266,7 @@ def test_distill_loss_is_blind_to_the_factorisation_error():
     assert float(reveal_distill.loss_fn(sharp, key, rank, reading="linear", **kw)) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_sample_reveal(tmp_path, capsys):
     import json
 

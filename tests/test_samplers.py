@@ -52,6 +52,7 @@ def test_euler_differs_from_tweedie_elsewhere(graph, noise):
         assert np.abs(e - w).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_euler_equals_tweedie_on_whole_trajectories():
     teacher = markov_teacher(vocab=6, length=8)
     g = grids.uniform(8, 1e-4)

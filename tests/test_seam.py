@@ -48,6 +48,7 @@ def test_namespace_samples_like_the_teacher():
     assert set(r) >= {"unigram_entropy", "unigram_entropy_std"} and 0 < r["unigram_entropy"] <= np.log(6)
 
 
+@pytest.mark.slow
 def test_namespace_distils_with_epoch_indexed_history():
     ns, _ = plain()
     cfg = distill.DistillConfig(nfe=2, teacher_nfe=16, samples=8, batch_size=8, epochs=2, select="none")
