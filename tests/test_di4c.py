@@ -168,6 +168,7 @@ def test_random_lambda_init_breaks_the_symmetry_only_in_the_lambda_path():
     assert float(jnp.abs(lp[0] - lp[1]).max()) > 1e-4
 
 
+@pytest.mark.slow
 def test_student_directory_carries_the_hmm(tmp_path):
     """A student of an HMM-trained teacher loads with the HMM (exact lag KL metrics)."""
     from lsd_jax.teachers.hmm import make_hmm
