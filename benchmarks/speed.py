@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -131,13 +132,14 @@ def per_round(timings: dict, flops_full: float, flops_masked: float) -> dict:
     runs = {k: v["runs_s"] for k, v in timings.items()}
     n = len(runs["roofline_gemm"])
     out: dict = {k: [] for k in ("ratio_forward", "ratio_step", "roofline_gflops", "forward_full_roofline_fraction",
-                                 "forward_masked_roofline_fraction", "masked_step_speedup")}
+                                 "forward_masked_roofline_fraction", "masked_step_speedup", "rows_step_speedup")}
     for i in range(n):
         roof = 2 * ROOF_N**3 / runs["roofline_gemm"][i] / 1e9
         out["roofline_gflops"].append(roof)
         out["forward_full_roofline_fraction"].append(flops_full / runs["ours_forward_full"][i] / 1e9 / roof)
         out["forward_masked_roofline_fraction"].append(flops_masked / runs["ours_forward"][i] / 1e9 / roof)
         out["masked_step_speedup"].append(runs["ours_step_full"][i] / runs["ours_step"][i])
+        out["rows_step_speedup"].append(runs["ours_step_rows_off"][i] / runs["ours_step"][i])
         if "upstream_step" in runs:
             out["ratio_forward"].append(runs["upstream_forward"][i] / runs["ours_forward"][i])
             out["ratio_step"].append(runs["upstream_step"][i] / runs["ours_step"][i])
@@ -239,17 +241,20 @@ def build_models(shape: dict, up, dtype: str, tmp: str):
 
 
 def our_step_fn(ours):
-    """One jitted Euler step of lsd_jax (the body of samplers._run): forward + kernel + draw."""
+    """One jitted Euler step of lsd_jax as samplers._run takes it (`KernelSolver.step`): with the
+    masked head's row path (head, kernel and draw at the masked positions only) when rows=True
+    and the score function has one, else forward + kernel + draw over [B, L, V]."""
     from lsd_jax import solvers
+    from lsd_jax.solvers import rows as rows_lib
 
     graph, noise = ours.graph, ours.noise
-    euler = solvers.Euler()
+    euler, drawer = solvers.Euler(), solvers.GumbelDraw()
 
-    @jax.jit
-    def step(fn, x, key, t, t_next):
+    @functools.partial(jax.jit, static_argnames=("rows",))
+    def step(fn, x, key, t, t_next, rows=True):
         tb, tnb = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), t_next)
-        ls = fn(x, noise.total(tb))
-        return solvers.draw(key, euler.kernel(graph, noise, x, ls, tb, tnb))
+        model = solvers.StepModel(fn, graph, noise, drawer, rows_lib.row_score(fn) if rows else None)
+        return euler.step(model, x, tb, tnb, key, ()).x
 
     fwd = jax.jit(lambda fn, x, t: fn(x, noise.total(jnp.full((x.shape[0],), t))))
     return step, fwd
@@ -338,6 +343,7 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
         r["ours_compile_fwd_and_step_s"] = round(time.perf_counter() - c0, 2)
         jax.block_until_ready(fwd(fn_full, xj, t_))
         jax.block_until_ready(step(fn_full, xj, key, t_, tn_))
+        jax.block_until_ready(step(fn, xj, key, t_, tn_, rows=False))
         lowered = step.lower(fn, xj, key, t_, tn_).compile()
         with contextlib.suppress(Exception):
             ma = lowered.memory_analysis()
@@ -345,7 +351,10 @@ def bench_shape(name: str, shape: dict, up, args, dtype: str, tmp: str) -> dict:
         fns = {"ours_forward": lambda: jax.block_until_ready(fwd(fn, xj, t_)),
                "ours_step": lambda: jax.block_until_ready(step(fn, xj, key, t_, tn_))}
         ours_full = {"ours_forward_full": lambda: jax.block_until_ready(fwd(fn_full, xj, t_)),
-                     "ours_step_full": lambda: jax.block_until_ready(step(fn_full, xj, key, t_, tn_))}
+                     "ours_step_full": lambda: jax.block_until_ready(step(fn_full, xj, key, t_, tn_)),
+                     "ours_step_rows_off": lambda: jax.block_until_ready(step(fn, xj, key, t_, tn_, rows=False))}
+        np.testing.assert_array_equal(np.asarray(step(fn, xj, key, t_, tn_)),  # the row path: the same tokens
+                                      np.asarray(step(fn_full, xj, key, t_, tn_)))
         if theirs is not None:
             xt = torch.as_tensor(xn, device=dev)
             tt = torch.full((bsz, 1), t_, device=dev)

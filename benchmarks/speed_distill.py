@@ -60,8 +60,19 @@ def measure_pieces(ckpt: str, k_steps: int) -> dict:
                         length, denoise=False, return_reveal=True)
     jax.block_until_ready(o.tokens)
     out["teacher_steps_measured"] = k_steps
+    out["teacher_first_steps_s"] = (time.perf_counter() - t0) / k_steps  # all positions masked
+    # mid-trajectory (t = 1/2: half the positions masked, the trajectory's average, where the
+    # masked head and the row path compute half the rows): the step time the extrapolation uses
+    rng = np.random.default_rng(0)
+    half = np.where(rng.random((s, length)) < 0.5, teacher.graph.mask_id,
+                    rng.integers(0, teacher.graph.num_tokens, (s, length)))
+    mid = full[n // 2: n // 2 + k_steps + 1]
+    t0 = time.perf_counter()
+    o = samplers.sample(teacher.score_fn, teacher.graph, teacher.noise, mid, jax.random.PRNGKey(0), s, length,
+                        denoise=False, return_reveal=True, x_init=jnp.asarray(half, jnp.int32))
+    jax.block_until_ready(o.tokens)
     out["teacher_step_s"] = (time.perf_counter() - t0) / k_steps
-    log("teacher step", out["teacher_step_s"])
+    log("teacher step: first (all masked)", out["teacher_first_steps_s"], "mid-trajectory", out["teacher_step_s"])
     # 2. one epoch minibatch (B = 16, M = 8, LSD+, value and grad through the network)
     rng = np.random.default_rng(0)
     path = distill.RevealPath(jnp.asarray(rng.integers(0, teacher.graph.num_tokens, (s, length)), jnp.int32),
@@ -133,8 +144,9 @@ def distill_mini(shape: dict, tmp: str, k_steps: int) -> dict:
     est = mini_extrapolation(m)
     return {"measured": m, "extrapolated": est, "vocab": TOKENS + 1,
             "shape": {k: shape[k] for k in ("hidden", "blocks", "heads", "length")},
-            "method": (f"teacher: {k_steps} steps of the 1024-step teacher on 64 x L {shape['length']} timed after "
-                       "compile, x 1024; epochs: one minibatch (16 trajectories, 8 student steps, value and grad) "
+            "method": (f"teacher: {k_steps} steps of the 1024-step teacher on 64 x L {shape['length']} at t = 1/2 "
+                       "(half the positions masked, the trajectory's average) timed after compile, x 1024; "
+                       "epochs: one minibatch (16 trajectories, 8 student steps, value and grad) "
                        "timed after compile, x 4 minibatches x 20 epochs (synthetic teacher path of the same "
                        "shape: the cost does not depend on its content); validation from the per-sequence step "
                        "cost, linear in batch, at the network-teacher defaults of DistillConfig")}

@@ -750,7 +750,7 @@ def cmd_distill_student(args) -> int:
             data_weight=args.data_weight, data_schedule=args.data_schedule, ema_target=args.ema_target,
             estimator=args.estimator, consistency_weight=args.consistency_weight,
             consistency_marg_weight=args.consistency_marg_weight,
-            lambda_init_scale=args.lambda_init_scale,
+            lambda_init_scale=args.lambda_init_scale, keep_best=args.keep_best,
             grid=args.student_grid, sampler=args.sampler, eps=args.eps, eval_every=args.eval_every,
             eval_samples=args.eval_samples, checkpoint_every=args.checkpoint_every, seed=args.seed).validate()
     try:
@@ -763,7 +763,8 @@ def cmd_distill_student(args) -> int:
     print(f"wrote {args.out} ({s['step']} steps, {s['train_wall_s']:.0f} s); sample with: lsd-jax sample "
           f"--checkpoint {args.out} --nfe {cfg.nfe} --sampler {cfg.sampler}"
           + (f" --grid {cfg.grid}" if cfg.grid != "uniform" else "")
-          + "".join(f"; {k} {last[k]:.4f}" for k in ("lag_kl", "bigram_kl", "nll", "unigram_entropy") if k in last))
+          + "".join(f"; {k} {last[k]:.4f}" for k in ("lag_kl", "bigram_kl", "nll", "unigram_entropy") if k in last)
+          + (f"; saved the best evaluation, step {s['best_step']}" if "best_step" in s else ""))
     return 0
 
 
@@ -801,6 +802,9 @@ def _add_distill_student(sub) -> None:
                    help="std of the lambda path's last layer at init (0: the student starts as the teacher)")
     p.add_argument("--ema-target", type=float, default=0.0,
                    help="EMA rate of the consistency target's student (0: the live student, as sony/di4c)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="save the params of the best progress evaluation (exact lag/bigram KL of --eval-samples "
+                        "samples on a fixed key, not the benchmarks' held-out seeds): early stopping")
     p.add_argument("--student-grid", choices=STUDENT_GRIDS, default="uniform",
                    help="the student's M-step time grid (power: p = 2)")
     p.add_argument("--sampler", choices=SOLVERS, default="tweedie",

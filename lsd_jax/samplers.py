@@ -42,6 +42,7 @@ from lsd_jax.graphs import Graph, is_token
 from lsd_jax.names import READINGS, SOLVERS
 from lsd_jax.noise import Noise
 from lsd_jax.solvers import FLAT_VOCAB_MAX, LogKernel, block_size, categorical, draw  # noqa: F401  (re-exported)
+from lsd_jax.solvers import rows as rows_lib
 from lsd_jax.solvers.base import DrawContext, Drawer, Solver, StepModel, denoise_kernel, score_ok
 
 Array = jnp.ndarray
@@ -129,14 +130,15 @@ def _cached_score(score_fn, cache: StepCache, x: Array, sb: Array) -> tuple[Arra
 @functools.partial(
     jax.jit,
     static_argnames=("graph", "noise", "solver", "drawer", "reading", "denoise", "return_path", "return_reveal",
-                     "mesh", "reuse"),
+                     "mesh", "reuse", "rows"),
     donate_argnames=("x",),
 )
 def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, reading, denoise, return_path,
-         return_reveal=False, mesh=None, reuse=False):
+         return_reveal=False, mesh=None, reuse=False, rows=False):
     """grid [C + 1] and phi [C] padded to a capacity C >= the grid's steps; n (traced int32)
     steps of `solver` run. reuse: the step cache (a reusable score_fn, a one-call
-    KernelSolver). Returns (tokens, path, reveal, bad [B, 2] int32 = per row (first bad step
+    KernelSolver). rows: the steps and the final denoise at masked positions only
+    (`solvers.rows`; a score_fn with a row path, a KernelSolver, the exact draw). Returns (tokens, path, reveal, bad [B, 2] int32 = per row (first bad step
     or -1, cause), calls: int32 network calls made, the final denoise included)."""
     from lsd_jax import sharding as sharding_lib
 
@@ -156,7 +158,12 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
                 return apply_phi(xx, ls_x, phi_k, reading)
         else:
             score = lambda xx, sb: apply_phi(xx, score_fn(xx, sb), phi_k, reading)  # noqa: E731
-        model = StepModel(score, graph, noise, drawer)
+        row_path = None
+        if rows:  # the same phi-applied score, on rows [R, V]
+            rs = rows_lib.row_score(score_fn)
+            row_path = rs._replace(rows=lambda h, xr, sb: apply_phi(xr[:, None], rs.rows(h, xr, sb)[:, None], phi_k,
+                                                                     reading)[:, 0])
+        model = StepModel(score, graph, noise, drawer, row_path)
         out = solver.step(model, x, jnp.full((bsz,), t), jnp.full((bsz,), t_next), jax.random.fold_in(key, k), state)
         x_new = pin(out.x)
         cause = jnp.where(~_phi_ok(phi_k, reading), 2, jnp.where(out.finite, 0, 1)).astype(jnp.int32)  # [B]
@@ -178,7 +185,16 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
     x_last, _, path, reveal, bad, cache = jax.lax.fori_loop(0, n, body, carry0)
     x_out = x_last
     calls = cache.calls if reuse else n * solver.calls_per_step
-    if denoise:
+    if denoise and rows:
+        sb = noise.total(jnp.full((bsz,), grid[-1]))
+        x_out, finite = rows_lib.masked_rows_step(
+            rows_lib.row_score(score_fn), graph.mask_id, graph.dim, x_last, sb,
+            lambda xr, lsr, bi: denoise_kernel(graph, xr, lsr, sb[bi]), jax.random.fold_in(key, n),
+            jnp.dtype(drawer.dtype))
+        x_out = pin(x_out)
+        calls = calls + 1
+        bad = jnp.where(((bad[:, 0] < 0) & ~finite)[:, None], jnp.stack([n, jnp.int32(1)]), bad)
+    elif denoise:
         sb = noise.total(jnp.full((bsz,), grid[-1]))
         if reuse:
             ls, cache = _cached_score(score_fn, cache, x_last, sb)
@@ -226,6 +242,7 @@ def sample(
     mesh="auto",
     policy: Optional[Drawer] = None,
     reuse: bool = True,
+    rows: bool = True,
 ) -> Samples:
     """Runs the reverse CTMC on `grid` [M + 1] (t_0 = 1 ... t_M = eps) from the limit.
 
@@ -246,6 +263,10 @@ def sample(
     (`reusable`: mdlm without time conditioning, radd) and a one-call kernel solver: a step
     whose state equals the previous call's reuses that output (lax.cond; same samples, bit
     for bit) and makes no network call; `network_calls` counts the calls made.
+    rows: where the score function has a row path (`solvers.rows.row_score`: the masked head
+    of a checkpoint teacher on the absorbing graph) and the step is a one-call kernel with the
+    exact draw (no policy, no step cache in use), head, kernel and draw run at the masked
+    positions only, in tiles (same tokens, bit for bit); False: always the [B, L, V] path.
     Raises FloatingPointError naming the first step whose score or phi was non-finite.
     """
     from lsd_jax import sharding as sharding_lib
@@ -303,11 +324,14 @@ def sample(
         fn, g_pad, phi_pad, k_run = sharding_lib.replicate((fn, g_pad, phi_pad, k_run), mesh)
         x0 = sharding_lib.shard_batch(x0, mesh)
     do_denoise = bool(denoise and solver.denoise)
+    use_reuse = bool(reuse and reusable(fn) and isinstance(solver, solvers_lib.KernelSolver))
+    use_rows = bool(rows and not use_reuse and policy is None and graph.is_absorbing
+                    and isinstance(solver, solvers_lib.KernelSolver) and rows_lib.row_score(fn) is not None)
     tokens, path, reveal, bad, calls = _run(
         fn, graph, noise, g_pad, phi_pad, jnp.asarray(steps, jnp.int32), k_run, x0,
         solver=solver, drawer=policy if policy is not None else drawer, reading=reading, denoise=do_denoise,
         return_path=return_path, return_reveal=return_reveal, mesh=mesh,
-        reuse=bool(reuse and reusable(fn) and isinstance(solver, solvers_lib.KernelSolver)),
+        reuse=use_reuse, rows=use_rows,
     )
     bad = np.asarray(sharding_lib.to_host(bad))  # [B, 2], read once after the loop
     rows = np.flatnonzero(bad[:, 0] >= 0)

@@ -528,6 +528,21 @@ class _DiTScore:
         h = self.model.apply({"params": params}, x, sigmabar, head=False)
         return masked_head(self.cfg, params["output_layer"]["linear"], h, x, sigmabar)
 
+    @property
+    def row_tile(self) -> int:
+        """Rows per tile of a row-wise step (`lsd_jax.solvers.rows`); 0: this score has no row path."""
+        return HEAD_TILE if self.head == "masked" else 0
+
+    def trunk(self, params: Any, x: Array, sigmabar: Array) -> Array:
+        """The output Linear's input [B, L, D] (`DiT(head=False)`)."""
+        return self.model.apply({"params": params}, x, sigmabar, head=False)
+
+    def rows(self, params: Any, h: Array, x: Array, sigmabar: Array) -> Array:
+        """The log score of rows [R, V] from trunk rows h [R, D], their tokens x [R] and
+        sigmabar [R]: the masked head's tile, then `finish` (masked rows: head "masked"'s bits)."""
+        out = head_rows(self.cfg, params["output_layer"]["linear"], h, x, sigmabar)
+        return self.finish(out[:, None], x[:, None], sigmabar)[:, 0]
+
     def finish(self, out: Array, x: Array, sigmabar: Array) -> Array:
         """The log score [B, L, V] from the family's output (elementwise)."""
         if self.cfg.family == "sedd":
@@ -547,6 +562,14 @@ def _linear(cfg: DiTConfig, p: Any, h: Array) -> Array:
     y = jax.lax.dot_general(h, kernel, (((1,), (0,)), ((), ())))
     y += jnp.reshape(bias, (1, -1))
     return y.astype(jnp.float32)
+
+
+def head_rows(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array) -> Array:
+    """The output Linear and `output_transform` on rows: h [R, D], x [R], sigmabar [R] -> [R, V]
+    (each row a sequence of length 1: the same bits as those positions of the full head at the
+    GEMM shapes XLA CPU sends to Eigen)."""
+    logits = _linear(cfg, linear, h)[:, None]  # [R, 1, V]
+    return output_transform(cfg, logits, x[:, None], sigmabar)[:, 0]
 
 
 def masked_head(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array) -> Array:
@@ -575,8 +598,7 @@ def masked_head(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array
     def tile(j, out):
         rows = jax.lax.dynamic_slice(idx, (j * r,), (r,))
         safe = jnp.minimum(rows, n - 1)
-        logits = _linear(cfg, linear, hf[safe])[:, None]  # [R, 1, V]: each row a sequence of length 1
-        vals = output_transform(cfg, logits, xf[safe][:, None], sf[safe])[:, 0]
+        vals = head_rows(cfg, linear, hf[safe], xf[safe], sf[safe])
 
         def put(i, o):  # one contiguous row copy (faster than XLA CPU's scatter); padding rows skipped
             return jax.lax.cond(rows[i] < n, lambda: jax.lax.dynamic_update_slice(o, vals[i][None], (rows[i], 0)),

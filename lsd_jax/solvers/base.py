@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from lsd_jax.graphs import id_row, is_token
 from lsd_jax.solvers import kernel as K
+from lsd_jax.solvers.rows import masked_rows_step
 
 Array = jnp.ndarray
 
@@ -137,12 +138,15 @@ class GumbelDraw:
 
 
 class StepModel(NamedTuple):
-    """What the loop hands a step: the (phi-applied) score, graph, noise and drawer."""
+    """What the loop hands a step: the (phi-applied) score, graph, noise and drawer; rows: the
+    same score split for a step at the masked positions only (`solvers.rows.RowScore`, phi
+    applied; None: no row path)."""
 
     score: Callable[[Array, Array], Array]  # (x [B, L], sigmabar [B]) -> log score [B, L, V]
     graph: Any
     noise: Any
     drawer: Drawer
+    rows: Any = None
 
 
 class StepOut(NamedTuple):
@@ -193,6 +197,13 @@ class KernelSolver(Solver):
         raise NotImplementedError
 
     def step(self, model: StepModel, x: Array, t: Array, t_next: Array, key: Array, state) -> StepOut:
+        if model.rows is not None and model.graph.is_absorbing and isinstance(model.drawer, GumbelDraw):
+            def kern(xr, lsr, bi):
+                return self.kernel(model.graph, model.noise, xr, lsr, t[bi], t_next[bi])
+
+            x_new, finite = masked_rows_step(model.rows, model.graph.mask_id, model.graph.dim, x,
+                                             model.noise.total(t), kern, key, jnp.dtype(model.drawer.dtype))
+            return StepOut(x_new, state, finite)
         ls = model.score(x, model.noise.total(t))
         kern = self.kernel(model.graph, model.noise, x, ls, t, t_next)
         x_new = model.drawer(key, kern, DrawContext(x, ls, t, t_next), model.graph, model.noise)

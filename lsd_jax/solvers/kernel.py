@@ -119,11 +119,29 @@ def block_size(v: int) -> int:
     return max(128, 1 << max(0, math.ceil(math.log2(math.sqrt(v)))))
 
 
+def draw_noise(key: Array, lead: tuple, v: int, dtype=jnp.float32) -> tuple:
+    """The Gumbel noise `draw` uses for positions `lead` (e.g. (B, L)) of a V-entry kernel:
+    (flat [*lead, V],) for V <= FLAT_VOCAB_MAX, else (top [*lead, nb + 1], inner [*lead, K]).
+    O(sqrt V) numbers per position; JAX's counter PRNG makes position i's noise depend on its
+    flat index only, so a caller may draw it here for all positions and gather some rows."""
+    if v <= FLAT_VOCAB_MAX:
+        return (gumbel(key, tuple(lead) + (v,), dtype),)
+    k = block_size(v)
+    nb = -(-v // k)
+    k1, k2 = jax.random.split(key)
+    return gumbel(k1, tuple(lead) + (nb + 1,), dtype), gumbel(k2, tuple(lead) + (k,), dtype)
+
+
 def draw(key: Array, kern: LogKernel, dtype=jnp.float32) -> Array:
     """One index per position [B, L] int32 from a LogKernel by Gumbel-max in `dtype`."""
+    return draw_with(kern, draw_noise(key, kern.reg.shape[:-1], kern.reg.shape[-1], dtype), dtype)
+
+
+def draw_with(kern: LogKernel, noise: tuple, dtype=jnp.float32) -> Array:
+    """`draw` given its noise (`draw_noise` for the kernel's positions and V)."""
     reg, v = kern.reg, kern.reg.shape[-1]
     if v <= FLAT_VOCAB_MAX:
-        return jnp.argmax(logits(kern).astype(dtype) + gumbel(key, reg.shape, dtype), axis=-1).astype(jnp.int32)
+        return jnp.argmax(logits(kern).astype(dtype) + noise[0], axis=-1).astype(jnp.int32)
     shift = kern.shift.astype(reg.dtype)
     lead = reg.shape[:-1]
     k = block_size(v)
@@ -137,12 +155,11 @@ def draw(key: Array, kern: LogKernel, dtype=jnp.float32) -> Array:
     log_total = logsumexp0(lse) + shift
     sp = kern.special(log_total)
     top = jnp.concatenate([(lse + shift[..., None]).astype(dtype), sp[..., None].astype(dtype)], axis=-1)
-    k1, k2 = jax.random.split(key)
-    choice = jnp.argmax(top + gumbel(k1, top.shape, dtype), axis=-1)  # nb: the special entry
+    choice = jnp.argmax(top + noise[0], axis=-1)  # nb: the special entry
     b = jnp.minimum(choice, nb - 1)
     inner = jnp.take_along_axis(main, jnp.minimum(b, nfull - 1)[..., None, None], axis=-2)[..., 0, :]  # [..., K]
     if rem:
         tail_k = jnp.concatenate([tail, jnp.full(lead + (k - rem,), -jnp.inf, reg.dtype)], axis=-1)
         inner = jnp.where((b == nfull)[..., None], tail_k, inner)
-    j = jnp.argmax(inner.astype(dtype) + gumbel(k2, inner.shape, dtype), axis=-1)
+    j = jnp.argmax(inner.astype(dtype) + noise[1], axis=-1)
     return jnp.where(choice == nb, kern.special_idx, b * k + j).astype(jnp.int32)

@@ -73,6 +73,7 @@ class Di4CConfig:
     consistency_marg_weight: float = 1.0  # the consistency term's marginal KL (1: sony/di4c; 0: data_marg anchors them)
     lambda_init_scale: float = 0.0  # std of the lambda path's last kernel at init (0: the student is the teacher)
     ema_target: float = 0.0  # the consistency target's student at u: 0 = the live params (sony/di4c), else EMA
+    keep_best: bool = False  # save the params of the best progress evaluation (fixed key, not held-out seeds)
     grid: str = "uniform"  # the student's M-step grid (grids.get_grid family; power: p = 2)
     sampler: str = "tweedie"  # the teacher's small steps and the student's sampling (sdtt: ancestral)
     eps: float = 1e-4  # t_M
@@ -102,6 +103,8 @@ class Di4CConfig:
                      "(the teacher takes teacher_nfe / nfe steps per student step)")
         if not p and not self.eps < self.delta:
             p.append(f"delta = {self.delta} must exceed eps = {self.eps}")
+        if not isinstance(self.keep_best, bool):
+            p.append(f"keep_best = {self.keep_best!r} must be True or False")
         if not (isinstance(self.ema_target, (int, float)) and 0.0 <= self.ema_target < 1.0):
             p.append(f"ema_target = {self.ema_target!r} must be a number in [0, 1)")
         if self.estimator not in ESTIMATORS:
@@ -157,8 +160,12 @@ class Run:
         params = di4c.init_student(self.dit, self.teacher_params, jax.random.PRNGKey(self.cfg.seed),
                                    self.cfg.lambda_init_scale)
         state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": self.tx.init(params)}
+        copy = lambda a: jnp.array(a, copy=True)  # noqa: E731
         if self.cfg.ema_target > 0:
-            state["target"] = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params)
+            state["target"] = jax.tree_util.tree_map(copy, params)
+        if self.cfg.keep_best:  # the params of the best progress evaluation so far, and its score and step
+            state["best"] = {"params": jax.tree_util.tree_map(copy, params),
+                             "score": jnp.full((), jnp.inf, jnp.float32), "step": jnp.zeros((), jnp.int32)}
         return state
 
     def terms(self, params: Any, key: Array, target: Any = None) -> dict:
@@ -207,6 +214,8 @@ class Run:
                    / _count(~d),
                    "data_cor": out["data_cor"].mean(), "data_marg": out["data_marg"].mean()}
         new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        if "best" in state:
+            new["best"] = state["best"]
         if "target" in state:
             r = self.cfg.ema_target
             new["target"] = jax.tree_util.tree_map(lambda e, p: r * e + (1.0 - r) * p, state["target"], params)
@@ -218,6 +227,21 @@ class Run:
         out = samplers.sample(student, self.graph, self.noise, self.grid, jax.random.PRNGKey(EVAL_KEY),
                               self.cfg.eval_samples, self.dit.length, sampler=self.cfg.sampler)
         return self.teacher.metrics(np.asarray(out.tokens))
+
+
+def eval_score(ent: dict) -> float:
+    """The progress evaluation's headline: exact lag KL (HMM data) or bigram KL (chain)."""
+    return float(ent["lag_kl"] if "lag_kl" in ent else ent["bigram_kl"])
+
+
+def _keep_if_best(state: dict, ent: dict) -> dict:
+    """state with state["best"] replaced by the current params when ent beats it (keep_best runs)."""
+    if "best" not in state or not eval_score(ent) < float(state["best"]["score"]):
+        return state
+    copy = lambda a: jnp.array(a, copy=True)  # noqa: E731 (the step donates state["params"])
+    best = {"params": jax.tree_util.tree_map(copy, state["params"]),
+            "score": jnp.asarray(eval_score(ent), jnp.float32), "step": jnp.asarray(ent["step"], jnp.int32)}
+    return {**state, "best": best}
 
 
 def _count(mask: Array) -> Array:
@@ -257,6 +281,7 @@ def fit(teacher_dir: str, cfg: Di4CConfig, out_dir: str, *, resume: bool = False
     step, end = int(state["step"]), cfg.steps if stop_at is None else min(cfg.steps, stop_at)
     if step == 0 and not history:
         history.append({"step": 0, "wall_s": 0.0, **run.evaluate(state["params"])})  # = the teacher at M steps
+        state = _keep_if_best(state, history[-1])
     bar = tqdm(total=cfg.steps, initial=step, desc="di4c", unit="step", file=sys.stderr,
                dynamic_ncols=True) if progress else None
     t0, acc = time.perf_counter(), []
@@ -271,6 +296,7 @@ def fit(teacher_dir: str, cfg: Di4CConfig, out_dir: str, *, resume: bool = False
             ent = {"step": step, "wall_s": prev_wall + time.perf_counter() - t0, **mean,
                    **run.evaluate(state["params"])}
             history.append(ent)
+            state = _keep_if_best(state, ent)
             acc = []
             msg = f"step {step}: loss {ent['loss']:.4f}" + "".join(
                 f", {k} {ent[k]:.4f}" for k in ("lag_kl", "bigram_kl", "nll", "unigram_entropy") if k in ent)
@@ -287,14 +313,19 @@ def fit(teacher_dir: str, cfg: Di4CConfig, out_dir: str, *, resume: bool = False
                "step": step, "finished": step >= cfg.steps, "lambda_seed": 0,
                "train_wall_s": prev_wall + time.perf_counter() - t0, "device": jax.devices()[0].platform,
                "last_eval": history[-1] if history else None}
-    di4c.save_student(out_dir, state["params"], run.ckpt_cfg.to_dict(), summary)
+    params = state["params"]
+    if "best" in state:  # keep_best: the student is the best progress evaluation's params
+        params = state["best"]["params"]
+        summary["best_step"] = int(state["best"]["step"])
+        summary["best_eval"] = next((h for h in history if h["step"] == summary["best_step"]), None)
+    di4c.save_student(out_dir, params, run.ckpt_cfg.to_dict(), summary)
     for fname in (CHAIN_FILE, HMM_FILE):
         if os.path.exists(os.path.join(teacher_dir, fname)):
             shutil.copyfile(os.path.join(teacher_dir, fname), os.path.join(out_dir, fname))
     with open(os.path.join(out_dir, HISTORY_FILE), "w") as f:
         json.dump(history, f, indent=1)
     plot_history(os.path.join(out_dir, PLOT_FILE), history, f"Di4C M={cfg.nfe} from {os.path.basename(teacher_dir)}")
-    summary["params_tree"] = state["params"]
+    summary["params_tree"] = params
     return summary
 
 
