@@ -244,8 +244,7 @@ def our_step_fn(ours):
     """One jitted Euler step of lsd_jax as samplers._run takes it (`KernelSolver.step`): with the
     masked head's row path (head, kernel and draw at the masked positions only) when rows=True
     and the score function has one, else forward + kernel + draw over [B, L, V]."""
-    from lsd_jax import solvers
-    from lsd_jax.solvers import rows as rows_lib
+    from lsd_jax import samplers, solvers
 
     graph, noise = ours.graph, ours.noise
     euler, drawer = solvers.Euler(), solvers.GumbelDraw()
@@ -253,8 +252,7 @@ def our_step_fn(ours):
     @functools.partial(jax.jit, static_argnames=("rows",))
     def step(fn, x, key, t, t_next, rows=True):
         tb, tnb = jnp.full((x.shape[0],), t), jnp.full((x.shape[0],), t_next)
-        model = solvers.StepModel(fn, graph, noise, drawer, rows_lib.row_score(fn) if rows else None)
-        return euler.step(model, x, tb, tnb, key, ()).x
+        return euler.step(samplers.step_model(fn, graph, noise, drawer, rows=rows), x, tb, tnb, key, ()).x
 
     fwd = jax.jit(lambda fn, x, t: fn(x, noise.total(jnp.full((x.shape[0],), t))))
     return step, fwd
@@ -527,7 +525,12 @@ def main(argv=None) -> dict:
         "Ratios are upstream time / our time from the same run (runs interleaved); absolute times are inflated "
         "by other jobs sharing the 2 cores (see load average).",
         "forward = the network alone (for upstream, model(x, sigma) as its score_fn calls it, without the .exp()); "
-        "step = one whole Euler update (forward + sampler work); sampler work = step - forward.",
+        "step = one whole Euler update (forward + sampler work); sampler work = step - forward. Our step "
+        "(`KernelSolver.step` as the sampling loop runs it) takes the masked head's row path: the trunk, then head, "
+        "kernel and draw per tile of 64 masked rows, never a [B, L, V] tensor (`lsd_jax/solvers/rows.py`; the same "
+        "tokens as the full head's step, asserted in this run); our forward is the score function alone, whose "
+        "[B, L, V] output the row path never builds, so our step can take less than our forward and our 'sampler "
+        "work' is then below timing noise.",
         "Our step draws from the log-space kernel with a two-level Gumbel-max (~2 sqrt(V) uniforms per position); "
         "upstream's step builds one-hot, rate and uniform-noise tensors of [B, L, V] (see the memory rows).",
         "Where whole samples are not run (SEDD-small: a step takes seconds; batches left out of --whole-batches): "

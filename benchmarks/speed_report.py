@@ -48,8 +48,8 @@ def to_markdown(p: dict) -> str:
               "the masked rows, in whole tiles).", "",
               "| shape | B | per NFE ratio (rounds) | per NFE ratio (whole-sample slope) | forward ratio | "
               "sampler-work ratio | whole @" + f"{lo} ratio | whole @{hi} ratio | forward / roofline: full head, "
-              "masked head | masked head: step speed-up | rounds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "masked head | masked head: step speed-up | row path: step speed-up | rounds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in p["shapes"].items():
         for b, r in s["batches"].items():
             if "ratio_per_nfe" not in r:
@@ -61,7 +61,9 @@ def to_markdown(p: dict) -> str:
                          f"{md['ratio_forward']:.2f}x | {wr} | "
                          f"{r.get(f'ratio_whole_nfe{lo}', float('nan')):.2f}x | {r.get(f'ratio_whole_nfe{hi}', float('nan')):.2f}x | "
                          f"{100 * md['forward_full_roofline_fraction']:.0f}%, {100 * md['forward_masked_roofline_fraction']:.0f}% | "
-                         f"{md['masked_step_speedup']:.2f}x | {len(r['rounds']['ratio_step'])} |")
+                         f"{md['masked_step_speedup']:.2f}x | "
+                         + (f"{md['rows_step_speedup']:.2f}x" if "rows_step_speedup" in md else "-")
+                         + f" | {len(r['rounds']['ratio_step'])} |")
     lines += [""]
     for name, s in p["shapes"].items():
         sh = s["shape"]
@@ -80,7 +82,8 @@ def to_markdown(p: dict) -> str:
                 if f"{who}_step" not in tm:
                     continue
                 gf = r[f"{who}_forward_gflops"]
-                label = "ours (masked head)" if who == "ours" else who
+                rows = "rows_step_speedup" in r["rounds"]["median"]
+                label = ("ours (masked head, row path)" if rows else "ours (masked head)") if who == "ours" else who
                 lines.append(
                     f"| {b} | {label} | {fmt_s(tm[who + '_forward'])} | {fmt_s(tm[who + '_step'])} | "
                     f"{fmt_s(r[who + '_sampler_work_s'])} ({100 * r[who + '_sampler_share']:.0f}%) | "
@@ -89,6 +92,8 @@ def to_markdown(p: dict) -> str:
             lines.append(f"| {b} | ours, full head | {fmt_s(tm['ours_forward_full'])} | {fmt_s(tm['ours_step_full'])} | "
                          f"| {fmt_s(w.get('ours_full_per_nfe_s'))} | {fmt_s(w[str(lo)].get('ours_full'))} | "
                          f"{fmt_s(w[str(hi)].get('ours_full'))} | {r['ours_forward_full_gflops']:.1f} | |")
+            if "ours_step_rows_off" in tm:
+                lines.append(f"| {b} | ours, masked head, no row path | | {fmt_s(tm['ours_step_rows_off'])} | | | | | | |")
             rd = r["rounds"]
             lines.append(f"| {b} | roofline GEMM, per round | {', '.join(f'{x:.0f}' for x in rd['roofline_gflops'])} "
                          "GFLOP/s | | | | | | | |")

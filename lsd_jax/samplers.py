@@ -127,6 +127,20 @@ def _cached_score(score_fn, cache: StepCache, x: Array, sb: Array) -> tuple[Arra
     return score_fn.func.finish(out, x, sb), StepCache(x, out, cache.calls + changed.astype(jnp.int32))
 
 
+def step_model(score_fn: ScoreFn, graph: Graph, noise: Noise, drawer: Drawer, phi_k=1.0, reading: str = "linear",
+               rows: bool = False, score: Optional[ScoreFn] = None) -> StepModel:
+    """What the sampling loop hands a solver's step (`solvers.base.StepModel`): the score with
+    the step's phi applied (or `score`, already phi-applied: the step cache's) and, when rows
+    and the score function has a row path (`solvers.rows.row_score`), that path with phi."""
+    if score is None:
+        score = lambda xx, sb: apply_phi(xx, score_fn(xx, sb), phi_k, reading)  # noqa: E731
+    rs = rows_lib.row_score(score_fn) if rows else None
+    if rs is not None:  # the same phi-applied score, on rows [R, V]
+        base = rs.rows
+        rs = rs._replace(rows=lambda h, xr, sb: apply_phi(xr[:, None], base(h, xr, sb)[:, None], phi_k, reading)[:, 0])
+    return StepModel(score, graph, noise, drawer, rs)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("graph", "noise", "solver", "drawer", "reading", "denoise", "return_path", "return_reveal",
@@ -157,13 +171,8 @@ def _run(score_fn, graph, noise, grid, phi, n, key, x, *, solver, drawer, readin
                     raise AssertionError("the step cache needs a solver that scores the loop's state once")
                 return apply_phi(xx, ls_x, phi_k, reading)
         else:
-            score = lambda xx, sb: apply_phi(xx, score_fn(xx, sb), phi_k, reading)  # noqa: E731
-        row_path = None
-        if rows:  # the same phi-applied score, on rows [R, V]
-            rs = rows_lib.row_score(score_fn)
-            row_path = rs._replace(rows=lambda h, xr, sb: apply_phi(xr[:, None], rs.rows(h, xr, sb)[:, None], phi_k,
-                                                                     reading)[:, 0])
-        model = StepModel(score, graph, noise, drawer, row_path)
+            score = None
+        model = step_model(score_fn, graph, noise, drawer, phi_k, reading, rows, score)
         out = solver.step(model, x, jnp.full((bsz,), t), jnp.full((bsz,), t_next), jax.random.fold_in(key, k), state)
         x_new = pin(out.x)
         cause = jnp.where(~_phi_ok(phi_k, reading), 2, jnp.where(out.finite, 0, 1)).astype(jnp.int32)  # [B]
