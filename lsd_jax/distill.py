@@ -90,6 +90,7 @@ from lsd_jax._compat import optax_update
 from lsd_jax.divergences import make_divergence
 from lsd_jax.eval.sampling import run_sampler
 from lsd_jax.graphs import is_token
+from lsd_jax.models.dit import for_gradients
 from lsd_jax.names import LOSSES, METHODS, SELECT
 from lsd_jax.profiling import Phase, memory_report
 from lsd_jax.sampler_params import SamplerParams
@@ -328,6 +329,7 @@ def student_loss(
     Returns (loss, aux) with aux: per-step loss sums, teacher move mass, student reveals.
     """
     graph, noise = teacher.graph, teacher.noise
+    score_fn = for_gradients(teacher.score_fn)  # a masked head is slow under reverse mode
     solver = solvers_lib.get_solver(cfg.sampler, solvers_lib.KERNEL_SOLVERS)
     grid = params.grid()  # [M + 1]
     m = cfg.nfe
@@ -340,9 +342,9 @@ def student_loss(
         tb, tnb = jnp.full((bsz,), t), jnp.full((bsz,), t_next)
         sb = noise.total(tb)
         x_t = teacher_state(path, j, graph)
-        ls_t = jax.lax.stop_gradient(teacher.score_fn(x_t, sb))
+        ls_t = jax.lax.stop_gradient(score_fn(x_t, sb))
         p_t = jax.lax.stop_gradient(solvers_lib.probs(solver.kernel(graph, noise, x_t, ls_t, tb, tnb)))
-        ls_s = samplers.apply_phi(x_s, teacher.score_fn(x_s, sb), phi_k, cfg.reading)
+        ls_s = samplers.apply_phi(x_s, score_fn(x_s, sb), phi_k, cfg.reading)
         p_s = solvers_lib.probs(solver.kernel(graph, noise, x_s, ls_s, tb, tnb))
         if graph.is_absorbing:
             scored = (x_s == graph.mask_id) & (x_t == graph.mask_id)

@@ -33,6 +33,7 @@ import optax
 
 from lsd_jax import grids, reveal, samplers
 from lsd_jax import sampler_params as sp_lib
+from lsd_jax.models.dit import for_gradients
 
 
 def loss_fn(params: sp_lib.SamplerParams, key, rank, *, score_fn, graph, noise, policy, reading, batch, length, m):
@@ -71,8 +72,8 @@ def fit(teacher, policy, *, nfe: int, method: str = "lsd", reading: str = "tempe
                          f"entropy), got {policy.name}")
     params = sp_lib.init(nfe, eps, "euler", reading)
     rank = jnp.asarray(reveal.order_rank(reveal.planned_order(teacher.length, getattr(policy, "shape", None))))
-    kw = dict(score_fn=teacher.score_fn, graph=teacher.graph, noise=teacher.noise, policy=policy, reading=reading,
-              batch=batch, length=teacher.length, m=nfe)
+    kw = dict(score_fn=for_gradients(teacher.score_fn), graph=teacher.graph, noise=teacher.noise, policy=policy,
+              reading=reading, batch=batch, length=teacher.length, m=nfe)
     grad_fn = jax.jit(jax.value_and_grad(lambda p, k: loss_fn(p, k, rank, **kw)))
     opt = optax.adam(lr)
     state = opt.init(params)

@@ -150,3 +150,18 @@ def test_gradient_in_phi_passes_the_masked_head():
     want = np.sum(np.where(np.arange(V) == np.asarray(x)[..., None], 0.0, np.exp(ls)) * m[..., None])  # d/dphi
     assert want > 0
     np.testing.assert_allclose(grad, want, rtol=1e-4)
+
+
+def test_losses_differentiate_the_full_head():
+    """`for_gradients`: the LSD losses differentiate a masked-head score through the full
+    head (the tile loop is slow under reverse mode); same values at masked positions, and
+    a score function that is not a masked-head DiT passes through unchanged."""
+    cfg, params = random_net("sedd", scale_by_sigma=True)
+    masked = dit.score_fn_from(dit.DiT(cfg), params, cfg, head="masked")
+    full = dit.for_gradients(masked)
+    assert full.func.head == "full" and dit.for_gradients(full) is full
+    plain = lambda x, sb: x  # noqa: E731
+    assert dit.for_gradients(plain) is plain
+    x, sb = masked_x(jax.random.PRNGKey(4), 2, 0.5), jnp.asarray([0.5, 1.0])
+    m = np.asarray(x) == V - 1
+    np.testing.assert_allclose(np.asarray(full(x, sb))[m], np.asarray(masked(x, sb))[m], rtol=2e-6, atol=2e-5)

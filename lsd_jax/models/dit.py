@@ -501,6 +501,18 @@ def score_fn_from(model: DiT, params: Any, config: DiTConfig | Any,
     return jax.tree_util.Partial(_DiTScore(model, cfg, head), params)
 
 
+def for_gradients(score_fn: Callable[[Array, Array], Array]) -> Callable[[Array, Array], Array]:
+    """The score function to differentiate through (the LSD losses: phi, and the grid via
+    sigmabar): a masked-head DiT score becomes the full head's (its tile loop under reverse
+    mode carries a [B L, V] buffer per tile: 4.6x slower at V 50258, L 64, B 4, and worse
+    with more tiles); any other score function is returned as is. Masked positions get the
+    same values either way, and the losses read only those."""
+    f = getattr(score_fn, "func", None)
+    if isinstance(score_fn, jax.tree_util.Partial) and isinstance(f, _DiTScore) and f.head != "full":
+        return jax.tree_util.Partial(dataclasses.replace(f, head="full"), *score_fn.args)
+    return score_fn
+
+
 @dataclasses.dataclass(frozen=True)
 class _DiTScore:
     """Hashable (model, config, head) part of a score function; params come as an argument.
