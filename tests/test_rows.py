@@ -63,7 +63,7 @@ def test_row_step_equals_the_full_step(v, solver):
             assert np.any(np.asarray(b.x) != v - 1)  # the step revealed something: the draw was exercised
 
 
-@pytest.mark.parametrize("v", [23, 5003])
+@pytest.mark.parametrize("v", [pytest.param(23, marks=pytest.mark.slow), 5003])
 def test_row_denoise_equals_the_full_denoise(v):
     graph, noise = Absorbing(v - 1), LogLinear()
     full, rs = table_score(v, jax.random.PRNGKey(7))
@@ -90,8 +90,10 @@ def test_row_step_flags_non_finite_rows_per_sequence():
     np.testing.assert_array_equal(np.asarray(finite), [True, False, True])
 
 
-@pytest.mark.parametrize("family,kw", [("sedd", {"scale_by_sigma": True}), ("mdlm", {"time_conditioning": True})])
-def test_sample_with_the_row_path_is_the_same_trajectory(family, kw, monkeypatch):
+@pytest.mark.parametrize("family,kw,sampler", [("sedd", {"scale_by_sigma": True}, "euler"),
+                                               pytest.param("mdlm", {"time_conditioning": True}, "tweedie",
+                                                            marks=pytest.mark.slow)])
+def test_sample_with_the_row_path_is_the_same_trajectory(family, kw, sampler, monkeypatch):
     monkeypatch.setattr(dit, "HEAD_TILE", 8)
     v, length = 37, 16
     cfg = dit.DiTConfig(vocab_size=v, hidden_size=32, cond_dim=16, n_blocks=1, n_heads=2, length=length,
@@ -102,12 +104,10 @@ def test_sample_with_the_row_path_is_the_same_trajectory(family, kw, monkeypatch
               for a, k in zip(leaves, jax.random.split(jax.random.PRNGKey(1), len(leaves)))]
     fn = dit.score_fn_from(dit.DiT(cfg), jax.tree_util.tree_unflatten(tree, leaves), cfg, head="masked")
     phi = jnp.asarray([1.0, 0.8, 1.3, 0.9, 1.1, 1.0, 0.7, 1.2])
-    for sampler in ("euler", "tweedie"):
-        out = {rows: samplers.sample(fn, Absorbing(v - 1), LogLinear(), grids.uniform(8, 1e-3),
-                                     jax.random.PRNGKey(5), 2, length, sampler=sampler, phi=phi, return_path=True,
-                                     rows=rows)
-               for rows in (False, True)}
-        np.testing.assert_array_equal(out[True].path, out[False].path)
-        np.testing.assert_array_equal(out[True].tokens, out[False].tokens)
-        assert out[True].network_calls == out[False].network_calls == 9
-        assert np.all(np.asarray(out[True].tokens) != v - 1)
+    out = {rows: samplers.sample(fn, Absorbing(v - 1), LogLinear(), grids.uniform(8, 1e-3), jax.random.PRNGKey(5), 2,
+                                 length, sampler=sampler, phi=phi, return_path=True, rows=rows)
+           for rows in (False, True)}
+    np.testing.assert_array_equal(out[True].path, out[False].path)
+    np.testing.assert_array_equal(out[True].tokens, out[False].tokens)
+    assert out[True].network_calls == out[False].network_calls == 9
+    assert np.all(np.asarray(out[True].tokens) != v - 1)
