@@ -34,8 +34,10 @@ from lsd_jax.divergences import make_divergence  # noqa: E402
 from lsd_jax.eval.sampling import HELD_OUT_SEED0, evaluate_sampler, gap_closed, run_sampler  # noqa: E402
 from lsd_jax.eval.text_metrics import unigram_entropy  # noqa: E402
 from lsd_jax.students import STUDENT_FILE  # noqa: E402
+from lsd_jax.students.di4c import load_student  # noqa: E402
 from lsd_jax.teachers.checkpoint import load_teacher  # noqa: E402
 
+MARGINAL_LAMBDAS = 16  # the diagnostic row: the student's marginals over this many lambdas, drawn independently
 BASELINE_ROWS = ("teacher (euler)", "euler", "best fixed grid", "tuned grid (exact)", "lsd", "lsd+",
                  "planned reveal (screened counts)")
 
@@ -183,6 +185,9 @@ def main(argv=None) -> int:
                 continue
             add(f"di4c ({cfg.get('grid', 'uniform')} grid)", m,
                 evaluate_sampler(student, g_own, sampler=sampler, seeds=seeds, num_samples=a.samples), extra)
+            add(f"di4c marginals, factorised ({MARGINAL_LAMBDAS} lambdas per call)", m,
+                evaluate_sampler(load_student(d, marginals=MARGINAL_LAMBDAS), g_own, sampler=sampler, seeds=seeds,
+                                 num_samples=a.samples), extra)
             add("di4c + planned reveal", m, _reveal_eval(student, g_own, planned, counts, seeds, a.samples),
                 {**extra, "counts": counts.tolist()})
             t0 = time.perf_counter()

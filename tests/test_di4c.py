@@ -99,6 +99,11 @@ def test_student_is_the_teacher_at_initialisation():
     out = di4c.losses(lp, lt, lp, xs, xs[:, None], jnp.zeros(3, bool), jnp.ones(3))
     for k in ("distil", "consistency_cor", "consistency_marg", "data_cor", "data_marg"):
         assert float(jnp.abs(out[k]).max()) < 1e-4, k
+    # the marginal (factorised) diagnostic of the mixture: here the teacher's normalised score
+    marg = di4c.marginal_score_fn(DIT, params, lambdas=3)(x, sb)
+    want = di4c.analytic_log_score(x, teacher(x, sb), sb)
+    masked = np.asarray(x) == V
+    np.testing.assert_allclose(np.asarray(marg)[masked], np.asarray(want)[masked], atol=1e-5)
 
 
 @pytest.mark.slow

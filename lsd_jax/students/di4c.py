@@ -252,6 +252,31 @@ class _StudentScore:
         return analytic_log_score(x, out, sigmabar)
 
 
+@dataclasses.dataclass(frozen=True)
+class _MarginalScore:
+    """Hashable part of the marginal (factorised) score of a mixture student; params a leaf."""
+
+    model: MixtureDiT
+    lambdas: int
+
+    def __call__(self, params: Any, x: Array, sigmabar: Array) -> Array:
+        n, b = self.lambdas, x.shape[0]
+        lam = jnp.repeat((jnp.arange(n, dtype=jnp.float32) + 0.5) / n, b)  # [n B]: fixed quantiles
+        out = self.model.apply({"params": params}, jnp.tile(x, (n, 1)), jnp.tile(sigmabar, n), lam)
+        v = out.shape[-1] - 1
+        lp = jax.nn.log_softmax(out[..., :v].astype(jnp.float32), axis=-1).reshape((n, b) + out.shape[1:-1] + (v,))
+        lm = jax.nn.logsumexp(lp, axis=0) - math.log(n)  # [B, L, V]: log of the mixture's marginals
+        return analytic_log_score(x, jnp.concatenate([lm, out[:b, :, v:]], axis=-1), sigmabar)
+
+
+def marginal_score_fn(dit: DiTConfig, params: Any, lambdas: int = 16) -> jax.tree_util.Partial:
+    """A diagnostic: the factorised model of the mixture's marginals m_d (mean of p_{0|t} over
+    `lambdas` fixed lambdas, each network call is `lambdas` forward passes). Sampled like the
+    student, it differs from it only in drawing the positions of one step independently, so
+    student minus this is what the mixture's correlations buy."""
+    return jax.tree_util.Partial(_MarginalScore(MixtureDiT(dit), lambdas), params)
+
+
 def student_score_fn(dit: DiTConfig, params: Any, key: Array) -> jax.tree_util.Partial:
     """The mixture student as a score function (x [B, L], sigmabar [B]) -> log score [B, L, V + 1]:
     usable by `samplers.sample`, `distill.fit`, `tune.search` like any teacher's."""
@@ -275,9 +300,10 @@ def save_student(out_dir: str, params: Any, teacher_config: dict, meta: dict) ->
         json.dump(meta, f, indent=1)
 
 
-def load_student(path: str, lambda_seed: Optional[int] = None):
+def load_student(path: str, lambda_seed: Optional[int] = None, marginals: int = 0):
     """A saved student as a `lsd_jax.teachers.Teacher` (score function with lambda drawn
-    per call; exact metrics when the teacher had chain.json or hmm.json)."""
+    per call; exact metrics when the teacher had chain.json or hmm.json). marginals > 0:
+    the factorised model of its marginals over that many lambdas instead (`marginal_score_fn`)."""
     with open(os.path.join(path, TEACHER_CONFIG)) as f:
         tcfg = sedd.CheckpointConfig.from_dict(json.load(f))
     with open(os.path.join(path, STUDENT_FILE)) as f:
@@ -295,5 +321,8 @@ def load_student(path: str, lambda_seed: Optional[int] = None):
     exact = exact_oracles(path, graph.num_tokens, tcfg.length)  # copied from the teacher by fit
     decode = letter_decoder(graph.num_tokens) if exact else None
     name = f"di4c-{tcfg.graph}:{os.path.basename(os.path.normpath(path))}"
-    return Teacher(student_score_fn(tcfg.dit, params, jax.random.PRNGKey(seed)), graph, noise, tcfg.length,
-                   name, decode=decode, **exact)
+    if marginals > 0:
+        fn, name = marginal_score_fn(tcfg.dit, params, marginals), f"{name}:marginals-{marginals}"
+    else:
+        fn = student_score_fn(tcfg.dit, params, jax.random.PRNGKey(seed))
+    return Teacher(fn, graph, noise, tcfg.length, name, decode=decode, **exact)
