@@ -262,7 +262,8 @@ def markdown(payload: dict, teacher, keys: tuple) -> str:
     pm = lambda r, k: f"{r[k]:.4f} ± {r[k + '_std']:.4f}" if k in r else ""  # noqa: E731
     for r in sorted(payload["rows"], key=lambda r: (r["sampler"] != "teacher (euler)", r["nfe"])):
         gc = "" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%"
-        name = r["sampler"] + (f" ({r['grid_name']})" if "grid_name" in r else "")
+        name = r["sampler"] + (f" ({r['grid_name']})" if "grid_name" in r else "") + (
+            f" [{os.path.basename(os.path.normpath(r['student']))}]" if "student" in r else "")
         calls = f"{r['network_calls']:.0f}" if "network_calls" in r else ""
         train = f"{r['train_minutes']:.0f}" if "train_minutes" in r else ""
         lines.append(f"| {name} | {r['nfe']} | {calls} | {pm(r, 'nll')} | " + " | ".join(pm(r, k) for k in keys)
