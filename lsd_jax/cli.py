@@ -804,7 +804,8 @@ def _add_distill_student(sub) -> None:
                    help="EMA rate of the consistency target's student (0: the live student, as sony/di4c)")
     p.add_argument("--keep-best", action="store_true",
                    help="save the params of the best progress evaluation (exact lag/bigram KL of --eval-samples "
-                        "samples on a fixed key, not the benchmarks' held-out seeds): early stopping")
+                        "samples on a fixed key, not the benchmarks' held-out seeds; only evaluations whose unigram "
+                        "entropy is within 1%% of the data's): early stopping")
     p.add_argument("--student-grid", choices=STUDENT_GRIDS, default="uniform",
                    help="the student's M-step time grid (power: p = 2)")
     p.add_argument("--sampler", choices=SOLVERS, default="tweedie",

@@ -235,3 +235,19 @@ def test_cli_trains_and_samples_a_student(teacher_dir, tmp_path, capsys):
     assert main(["distill-student", "--checkpoint", teacher_dir, "--nfe", "3", "--teacher-nfe", "4",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "multiple of nfe" in capsys.readouterr().err
+
+
+def test_keep_best_takes_the_lowest_divergence_inside_the_entropy_band():
+    """--keep-best: the kept params are those of the lowest headline divergence among the
+    evaluations whose unigram entropy is within 1% of the data's (out of the band: skipped)."""
+    state = {"params": {"w": jnp.zeros(2)}, "best": {"params": {"w": jnp.zeros(2)},
+                                                     "score": jnp.float32(jnp.inf), "step": jnp.int32(0)}}
+    evals = [(1, 0.10, 2.76), (2, 0.05, 2.80), (3, 0.08, 2.75), (4, 0.09, 2.76)]  # (step, lag KL, entropy)
+    for step, kl, h in evals:
+        state = {**state, "params": {"w": jnp.full(2, float(step))}}
+        state = fit_lib._keep_if_best(state, {"step": step, "lag_kl": kl, "unigram_entropy": h,
+                                              "data_unigram_entropy": 2.7633})
+    assert int(state["best"]["step"]) == 3 and float(state["best"]["score"]) == pytest.approx(0.08)
+    np.testing.assert_array_equal(np.asarray(state["best"]["params"]["w"]), [3.0, 3.0])
+    assert fit_lib.eval_score({"bigram_kl": 0.2}) == pytest.approx(0.2)  # the chain's headline
+    assert fit_lib.in_entropy_band({"unigram_entropy": 9.0})  # no data entropy: no band

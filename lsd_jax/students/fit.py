@@ -48,6 +48,7 @@ STATE_DIR = "state"
 HISTORY_FILE = "history.json"
 PLOT_FILE = "loss.png"
 EVAL_KEY = 7_000_001  # the progress evaluation's samples: independent of the training seed
+ENTROPY_BAND = 0.01  # keep_best: only evaluations whose unigram entropy is within 1% of the data's
 RESUME_MAY_CHANGE = ("steps", "eval_every", "checkpoint_every", "eval_samples")
 
 
@@ -73,7 +74,7 @@ class Di4CConfig:
     consistency_marg_weight: float = 1.0  # the consistency term's marginal KL (1: sony/di4c; 0: data_marg anchors them)
     lambda_init_scale: float = 0.0  # std of the lambda path's last kernel at init (0: the student is the teacher)
     ema_target: float = 0.0  # the consistency target's student at u: 0 = the live params (sony/di4c), else EMA
-    keep_best: bool = False  # save the params of the best progress evaluation (fixed key, not held-out seeds)
+    keep_best: bool = False  # save the params of the best progress evaluation (fixed key; entropy band)
     grid: str = "uniform"  # the student's M-step grid (grids.get_grid family; power: p = 2)
     sampler: str = "tweedie"  # the teacher's small steps and the student's sampling (sdtt: ancestral)
     eps: float = 1e-4  # t_M
@@ -234,9 +235,17 @@ def eval_score(ent: dict) -> float:
     return float(ent["lag_kl"] if "lag_kl" in ent else ent["bigram_kl"])
 
 
+def in_entropy_band(ent: dict) -> bool:
+    """The evaluation's unigram entropy within ENTROPY_BAND of the data's (True where unknown):
+    a sampler that moves the entropy can "win" a divergence it should not."""
+    h, ref = ent.get("unigram_entropy"), ent.get("data_unigram_entropy")
+    return h is None or ref is None or abs(h - ref) <= ENTROPY_BAND * ref
+
+
 def _keep_if_best(state: dict, ent: dict) -> dict:
-    """state with state["best"] replaced by the current params when ent beats it (keep_best runs)."""
-    if "best" not in state or not eval_score(ent) < float(state["best"]["score"]):
+    """state with state["best"] replaced by the current params when ent beats it inside the
+    entropy band (keep_best runs)."""
+    if "best" not in state or not (eval_score(ent) < float(state["best"]["score"]) and in_entropy_band(ent)):
         return state
     copy = lambda a: jnp.array(a, copy=True)  # noqa: E731 (the step donates state["params"])
     best = {"params": jax.tree_util.tree_map(copy, state["params"]),
