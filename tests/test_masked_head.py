@@ -39,8 +39,8 @@ def tile_of_eight(monkeypatch):
     monkeypatch.setattr(dit, "HEAD_TILE", 8)  # 2 x 16 positions: 4 tiles, partial ones included
 
 
-@pytest.mark.parametrize("family,kw", [pytest.param("sedd", {"scale_by_sigma": True}, marks=pytest.mark.slow), ("mdlm", {}),
-                                       pytest.param("radd", {}, marks=pytest.mark.slow)])
+@pytest.mark.slow  # default suite: test_losses_differentiate_the_full_head compares the two heads (sedd)
+@pytest.mark.parametrize("family,kw", [("sedd", {"scale_by_sigma": True}), ("mdlm", {}), ("radd", {})])
 def test_masked_head_equals_full_head_at_masked_positions(family, kw):
     cfg, params = random_net(family, **kw)
     full = jax.jit(dit.score_fn_from(dit.DiT(cfg), params, cfg, head="full"))
