@@ -38,6 +38,7 @@ import jax.numpy as jnp
 
 from lsd_jax.graphs import expm1_stable, id_row, is_token
 from lsd_jax.names import DTYPES, FAMILIES, GRAPHS
+from lsd_jax.tiles import over_masked_tiles
 
 Array = jnp.ndarray
 
@@ -599,31 +600,21 @@ def masked_head(cfg: DiTConfig, linear: Any, h: Array, x: Array, sigmabar: Array
     h, x = jnp.asarray(h), jnp.asarray(x)  # numpy tokens cannot be indexed by the traced tile rows
     b, length, d = h.shape
     v, n = cfg.vocab_size, b * length
-    r = min(HEAD_TILE, n)
-    tiles = -(-n // r)
     xf = x.reshape(n)
-    masked = xf == v - 1
-    idx = jnp.nonzero(masked, size=tiles * r, fill_value=n)[0]  # [tiles R]: masked rows first, then n (dropped)
     hf = h.reshape(n, d)
     sf = jnp.repeat(jnp.asarray(sigmabar, jnp.float32), length)  # [n]
 
-    def tile(j, out):
-        rows = jax.lax.dynamic_slice(idx, (j * r,), (r,))
-        safe = jnp.minimum(rows, n - 1)
+    def tile(rows, safe, out):
         vals = head_rows(cfg, linear, hf[safe], xf[safe], sf[safe])
 
         def put(i, o):  # one contiguous row copy (faster than XLA CPU's scatter); padding rows skipped
             return jax.lax.cond(rows[i] < n, lambda: jax.lax.dynamic_update_slice(o, vals[i][None], (rows[i], 0)),
                                 lambda: o)
 
-        return jax.lax.fori_loop(0, r, put, out)
+        return jax.lax.fori_loop(0, rows.shape[0], put, out)
 
     fill = jnp.full((n, v), NEG_INF, jnp.float32).at[jnp.arange(n), xf].set(0.0)  # [n, V]
-    trips = (jnp.sum(masked, dtype=jnp.int32) + r - 1) // r
-    # static trip count (a scan: reverse mode can pass it, as the distillation loss under remat does);
-    # tiles past the masked count are skipped by lax.cond
-    run = lambda j, out: jax.lax.cond(j < trips, tile, lambda j, o: o, j, out)  # noqa: E731
-    return jax.lax.fori_loop(0, tiles, run, fill).reshape(b, length, v)
+    return over_masked_tiles(xf == v - 1, HEAD_TILE, tile, fill).reshape(b, length, v)
 
 
 def features_fn_from(model: DiT, params: Any) -> Callable[[Array, Array], Array]:

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lsd_jax.solvers import kernel as K
+from lsd_jax.tiles import over_masked_tiles
 
 Array = jnp.ndarray
 # (x rows [R, 1], log score rows [R, 1, V], batch index of each row [R]) -> kernel over [R, 1]
@@ -57,27 +58,19 @@ def masked_rows_step(rs: RowScore, mask_id: int, vocab: int, x: Array, sigmabar:
     drawing the full kernel with key); vocab: the score's last dimension."""
     b, length = x.shape
     n = b * length
-    r = min(rs.tile, n)
-    tiles = -(-n // r)
     xf = x.reshape(n)
-    masked = xf == mask_id
-    idx = jnp.nonzero(masked, size=tiles * r, fill_value=n)[0]  # [tiles R]: masked rows first, then n (dropped)
     hf = rs.trunk(x, sigmabar)
     hf = hf.reshape(n, hf.shape[-1])
     sf = jnp.repeat(jnp.asarray(sigmabar), length)  # [n]
     noise = tuple(a.reshape(n, a.shape[-1]) for a in K.draw_noise(key, (b, length), vocab, dtype))
 
-    def tile(j, carry):
+    def tile(rows, safe, carry):
         out, finite = carry
-        rows = jax.lax.dynamic_slice(idx, (j * r,), (r,))
-        safe = jnp.minimum(rows, n - 1)
         ls = rs.rows(hf[safe], xf[safe], sf[safe])  # [R, V]
         kern = kernel_fn(xf[safe][:, None], ls[:, None], safe // length)
         tok = K.draw_with(kern, tuple(a[safe][:, None] for a in noise), dtype)[:, 0]
         ok = jnp.all(ls < jnp.inf, axis=-1).astype(jnp.int32)
         return out.at[rows].set(tok, mode="drop"), finite.at[rows // length].min(ok, mode="drop")
 
-    trips = (jnp.sum(masked, dtype=jnp.int32) + r - 1) // r
-    run = lambda j, c: jax.lax.cond(j < trips, tile, lambda j, c: c, j, c)  # noqa: E731
-    out, finite = jax.lax.fori_loop(0, tiles, run, (xf, jnp.ones((b,), jnp.int32)))
+    out, finite = over_masked_tiles(xf == mask_id, rs.tile, tile, (xf, jnp.ones((b,), jnp.int32)))
     return out.reshape(b, length), finite > 0
