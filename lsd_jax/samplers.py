@@ -343,9 +343,9 @@ def sample(
         reuse=use_reuse, rows=use_rows,
     )
     bad = np.asarray(sharding_lib.to_host(bad))  # [B, 2], read once after the loop
-    rows = np.flatnonzero(bad[:, 0] >= 0)
-    if rows.size:
-        bad_step, cause = (int(v) for v in bad[rows[np.argmin(bad[rows, 0])]])
+    bad_rows = np.flatnonzero(bad[:, 0] >= 0)
+    if bad_rows.size:
+        bad_step, cause = (int(v) for v in bad[bad_rows[np.argmin(bad[bad_rows, 0])]])
         where = "the final denoise" if (do_denoise and bad_step == steps) else f"step {bad_step} of {steps}"
         raise FloatingPointError(f"sampling produced non-finite values at {where} ({solver.name}): {CAUSES[cause]}")
     nfe = steps * solver.calls_per_step

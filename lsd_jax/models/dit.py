@@ -22,7 +22,7 @@ Numerics: LayerNorm, the residual stream, the time embedding and the rotary tabl
 float32 in both compute dtypes; with dtype "bfloat16" the Dense layers and the attention
 run in bfloat16 (as the reference under CUDA bf16 autocast, except that rotary is applied
 in float32 here and the logits are cast to float32 before the output transform).
-Length (~600 lines): one network of three families with its config validation, score
+Length (~640 lines): one network of three families with its config validation, score
 transforms and masked head, kept together so the layer names match the converter's key tables.
 """
 
@@ -538,8 +538,7 @@ class _DiTScore:
         """The family's output [B, L, V] (`DiT.__call__`; masked head: see `masked_head`)."""
         if self.head == "full":
             return self.model.apply({"params": params}, x, sigmabar)
-        h = self.model.apply({"params": params}, x, sigmabar, head=False)
-        return masked_head(self.cfg, params["output_layer"]["linear"], h, x, sigmabar)
+        return masked_head(self.cfg, params["output_layer"]["linear"], self.trunk(params, x, sigmabar), x, sigmabar)
 
     @property
     def row_tile(self) -> int:

@@ -41,6 +41,7 @@ from lsd_jax.models.dit import score_fn_from
 from lsd_jax.names import CHAIN_FILE, HMM_FILE
 from lsd_jax.students import DATA_SCHEDULES, ESTIMATORS, STUDENT_GRIDS, di4c
 from lsd_jax.teachers.checkpoint import load_teacher
+from lsd_jax.tune import entropy_window
 from ports import sedd
 
 Array = Any
@@ -238,8 +239,9 @@ def eval_score(ent: dict) -> float:
 def in_entropy_band(ent: dict) -> bool:
     """The evaluation's unigram entropy within ENTROPY_BAND of the data's (True where unknown):
     a sampler that moves the entropy can "win" a divergence it should not."""
-    h, ref = ent.get("unigram_entropy"), ent.get("data_unigram_entropy")
-    return h is None or ref is None or abs(h - ref) <= ENTROPY_BAND * ref
+    h = ent.get("unigram_entropy")
+    lo, hi = entropy_window(ent.get("data_unigram_entropy"), ENTROPY_BAND)
+    return h is None or lo <= h <= hi
 
 
 def _keep_if_best(state: dict, ent: dict) -> dict:
